@@ -1,0 +1,85 @@
+"""Time one optimizer step: RuleOptimizer(rule) against the same torch.optim optimizer, in one process.
+
+    python experiments/benchmarks/bench_adapter_step.py [--repeats 200] [--device cpu]
+
+Prints a markdown table of median step times and ratios (ours / torch) for
+SGD-momentum, RMSprop and Adam on (a) an MLP of ~1M parameters in a few large
+tensors and (b) a model of 200 small tensors. Two torch references: its default
+implementation on this device (single-tensor loops on CPU) and ``foreach=True``.
+Measurements of the two optimizers are interleaved so that machine noise hits both.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import baselines as B
+
+CASES = {
+    "sgd-momentum": (lambda: B.SGD(lr=1e-2, momentum=0.9),
+                     lambda p, **kw: torch.optim.SGD(p, lr=1e-2, momentum=0.9, **kw)),
+    "rmsprop": (lambda: B.RMSprop(lr=1e-3), lambda p, **kw: torch.optim.RMSprop(p, lr=1e-3, **kw)),
+    "adam": (lambda: B.Adam(lr=1e-3), lambda p, **kw: torch.optim.Adam(p, lr=1e-3, **kw)),
+}
+
+
+def models() -> dict[str, nn.Module]:
+    big = nn.Sequential(nn.Linear(1024, 768), nn.ReLU(), nn.Linear(768, 384), nn.ReLU(), nn.Linear(384, 10))
+    small = nn.Sequential(*[nn.Linear(16, 16) for _ in range(100)])
+    return {f"MLP {sum(p.numel() for p in big.parameters()) / 1e6:.2f}M params, "
+            f"{len(list(big.parameters()))} tensors": big,
+            f"{len(list(small.parameters()))} small tensors, "
+            f"{sum(p.numel() for p in small.parameters()) / 1e3:.0f}k params": small}
+
+
+def median_step_time(opt: torch.optim.Optimizer, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        opt.step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=200, help="steps timed per round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, device {device}\n")
+    print("| model | optimizer | ours (us) | torch default (us) | torch foreach (us) | ours/default | ours/foreach |")
+    print("|---|---|---|---|---|---|---|")
+    for mname, model in models().items():
+        model = model.to(device)
+        for oname, (ours, theirs) in CASES.items():
+            copies = {k: [p.detach().clone().requires_grad_() for p in model.parameters()]
+                      for k in ("ours", "default", "foreach")}
+            for ps in copies.values():
+                for p in ps:
+                    p.grad = torch.randn_like(p) * 1e-3
+            opts = {"ours": B.RuleOptimizer(copies["ours"], ours()),
+                    "default": theirs(copies["default"]),
+                    "foreach": theirs(copies["foreach"], foreach=True)}
+            for opt in opts.values():  # warm-up (also allocates the state)
+                median_step_time(opt, 5)
+            samples: dict[str, list[float]] = {k: [] for k in opts}
+            for _ in range(args.rounds):
+                for k, opt in opts.items():
+                    samples[k] += median_step_time(opt, args.repeats)
+            med = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
+            print(f"| {mname} | {oname} | {med['ours']:.0f} | {med['default']:.0f} | {med['foreach']:.0f} | "
+                  f"{med['ours'] / med['default']:.2f} | {med['ours'] / med['foreach']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
