@@ -1,0 +1,1 @@
+"""Shared evaluation of hand-crafted and learned optimizers: metrics, tuning, tables, plots."""

@@ -1,0 +1,51 @@
+"""Figures shared by the experiments and the evaluation: loss curves with seed bands, bar charts."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(curves: Mapping[str, np.ndarray], path: str | Path, *, title: str, xlabel: str = "step",
+                ylabel: str = "training loss", logy: bool = True, x: Sequence[float] | None = None,
+                band: str = "iqr", ax: plt.Axes | None = None) -> Path | None:
+    """One line per label: the median over seeds (rows) with a band over seeds (columns are steps).
+
+    ``band`` is ``"iqr"`` (25th-75th percentile) or ``"minmax"``. NaNs (a diverged seed's missing
+    steps) are ignored per step. When ``ax`` is given, draws there and does not save.
+    """
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for label, values in curves.items():
+        values = np.atleast_2d(np.asarray(values, dtype=float))
+        xs = np.arange(1, values.shape[1] + 1) if x is None else np.asarray(x)
+        with warnings.catch_warnings():  # all-NaN steps (every seed diverged) stay NaN, silently
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mid = np.nanmedian(values, axis=0)
+            lo, hi = ((np.nanpercentile(values, 25, axis=0), np.nanpercentile(values, 75, axis=0))
+                      if band == "iqr" else (np.nanmin(values, axis=0), np.nanmax(values, axis=0)))
+        n = values.shape[0]
+        line, = ax.plot(xs, mid, label=f"{label} (n={n})" if n > 1 else label, lw=1.6)
+        if n > 1:
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2 if len(curves) > 5 else 1)
+    if own:
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+    return None

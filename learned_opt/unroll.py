@@ -1,0 +1,150 @@
+"""THE inner training loop. Meta-training, evaluation, experiments and benchmarks all call ``unroll``.
+
+    result = unroll(task, rule, params, state, steps=100, generator=g)
+    result.params, result.state, result.losses   # (steps,) training loss before each update
+
+Differentiable or not: when gradients are enabled and anything the update depends
+on requires grad (a learned rule's ``nn.Parameter``s, a tensor hyperparameter, or
+the incoming params), the loop keeps the graph so that ``result.losses.mean()``
+can be back-propagated into meta-parameters. ``first_order=True`` treats the
+inner gradients as constants (no second derivatives), as Andrychowicz et al.
+(2016) do. Otherwise it runs the updates under ``no_grad``.
+
+A diverging inner run (a NaN/Inf loss, or a loss above ``divergence_factor``
+times the reference loss) stops the loop: ``result.diverged`` says at which
+step and why, ``result.losses`` holds the good steps before it, and the
+returned params and state are the last ones whose loss was finite (those of
+``losses[-1]``; the initial ones if the first loss was bad). NaN is never
+propagated into the returned params.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from baselines.base import Params, State, UpdateRule
+
+from .tasks.base import Task
+
+__all__ = ["unroll", "UnrollResult", "needs_graph"]
+
+
+@dataclass
+class UnrollResult:
+    params: Params
+    state: State
+    losses: Tensor                      # (steps_done,) training loss at the params before each update
+    diverged: bool = False
+    diverged_at: int | None = None      # index of the step whose loss was bad (its update was not applied)
+    reason: str | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)  # what ``callback`` returned
+
+    @property
+    def steps_done(self) -> int:
+        return int(self.losses.shape[0])
+
+
+def _tensors(obj: Any):
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def needs_graph(rule: UpdateRule, params: Params, state: State | None = None) -> bool:
+    """True when something the update depends on requires grad (and grad mode is on)."""
+    if not torch.is_grad_enabled():
+        return False
+    if isinstance(rule, nn.Module) and any(p.requires_grad for p in rule.parameters()):
+        return True
+    hparams = rule.hparams() if hasattr(rule, "hparams") else {}
+    return any(t.requires_grad for t in _tensors([hparams, params, state or {}]))
+
+
+def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: int,
+           generator: torch.Generator, *, differentiable: bool | None = None, first_order: bool = False,
+           divergence_factor: float = 1e3, reference_loss: float | None = None,
+           callback: Callable[[int, Params, Tensor], dict[str, Any] | None] | None = None,
+           callback_every: int = 0, progress: bool | str = False) -> UnrollResult:
+    """Run ``steps`` updates of ``rule`` on ``task`` from ``(params, state)``.
+
+    Args:
+        generator: source of the training batches (drawn with ``task.sample_batch``).
+        differentiable: keep the graph through the updates; ``None`` decides with :func:`needs_graph`.
+        first_order: with ``differentiable``, drop second-order terms (gradients are constants).
+        divergence_factor: a loss above ``divergence_factor * reference_loss`` counts as divergence.
+        reference_loss: defaults to the loss at the first step of this call.
+        callback: ``callback(step, params, loss)`` every ``callback_every`` steps (and after the last
+            update, with ``step == steps``); its returned dicts are collected in ``result.records``.
+        progress: show a tqdm bar (a string is used as its description).
+    """
+    if steps < 0:
+        raise ValueError(f"steps={steps} must be >= 0")
+    if divergence_factor <= 1:
+        raise ValueError(f"divergence_factor={divergence_factor} must be > 1")
+    graph = needs_graph(rule, params, state) if differentiable is None else differentiable
+    if graph and not torch.is_grad_enabled():
+        raise RuntimeError("differentiable=True inside torch.no_grad(): enable grad mode to unroll differentiably")
+    losses: list[Tensor] = []
+    records: list[dict[str, Any]] = []
+    ref = reference_loss
+    last_good = (params, state)
+    steps_iter = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+        steps_iter = tqdm(steps_iter, desc=progress if isinstance(progress, str) else "unroll", leave=False)
+
+    def record(step: int, p: Params, loss: Tensor) -> None:
+        out = callback(step, p, loss)
+        if out is not None:
+            records.append(out)
+
+    for step in steps_iter:
+        batch = task.sample_batch(generator, "train")
+        if graph:
+            p = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+            loss = task.loss(p, batch)
+            # first order: the gradient is a constant, but the loss keeps its graph for the meta-loss
+            grads = torch.autograd.grad(loss, list(p.values()), create_graph=not first_order,
+                                        retain_graph=True)
+        else:
+            with torch.enable_grad():
+                p = {k: v.detach().requires_grad_() for k, v in params.items()}
+                loss = task.loss(p, batch)
+                grads = torch.autograd.grad(loss, list(p.values()))
+            loss = loss.detach()
+        value = float(loss.detach())  # one host sync per step: the divergence check needs it
+        if ref is None:
+            ref = value
+        if not math.isfinite(value) or value > divergence_factor * max(abs(ref), 1e-12):
+            why = "non-finite loss" if not math.isfinite(value) else \
+                f"loss {value:.4g} > {divergence_factor:g} x reference {ref:.4g}"
+            return UnrollResult(*last_good, _stack(losses, params), True, step, why, records)
+        last_good = (params, state)
+        if callback is not None and callback_every and step % callback_every == 0:
+            record(step, params, loss)
+        grads = dict(zip(p, grads))
+        if graph:
+            params, state = rule.update(grads, state, p)
+        else:
+            with torch.no_grad():
+                params, state = rule.update(grads, state, {k: v.detach() for k, v in p.items()})
+        losses.append(loss)
+    if callback is not None and callback_every:
+        record(steps, params, losses[-1] if losses else torch.tensor(float("nan")))
+    return UnrollResult(params, state, _stack(losses, params), False, None, None, records)
+
+
+def _stack(losses: list[Tensor], params: Params) -> Tensor:
+    if losses:
+        return torch.stack(losses)
+    device = next(iter(params.values())).device if params else None
+    return torch.zeros(0, device=device)
