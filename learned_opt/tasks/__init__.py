@@ -1,0 +1,58 @@
+"""Inner problems for learned optimizers, and their data.
+
+Registry::
+
+    make_task("mlp", dataset="digits", hidden_sizes=[20])   # -> Task
+    make_family("quadratic_family", dim=10)                  # -> TaskFamily
+    make_dataset("mnist5k")                                  # -> Dataset
+
+``TASKS``, ``FAMILIES`` and ``DATASETS`` map the allowed names to their
+constructors; an unknown name raises ``ValueError`` listing the allowed ones.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import Batch, Params, SingleTaskFamily, Task, TaskFamily, choose
+from .conv import ConvTask
+from .datasets import DATASETS, Dataset, clear_cache, download, make_dataset, read_idx
+from .mlp import ACTIVATIONS, LogRegTask, MLPFamily, MLPTask
+from .quadratic import QuadraticFamily, QuadraticTask
+from .surfaces import SURFACES, Surface
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "quadratic": QuadraticTask,
+    "mlp": MLPTask,
+    "logreg": LogRegTask,
+    "conv": ConvTask,
+    **SURFACES,
+}
+
+
+def make_task(name: str, **kwargs: Any) -> Task:
+    """Build task ``name`` (a key of ``TASKS``) with constructor arguments ``kwargs``."""
+    return choose("task", name, TASKS)(**kwargs)
+
+
+def _single_task_family(task: str = "quadratic", **task_kwargs: Any) -> SingleTaskFamily:
+    """``SingleTaskFamily(make_task(task, **task_kwargs))``."""
+    return SingleTaskFamily(make_task(task, **task_kwargs))
+
+
+FAMILIES: dict[str, Callable[..., TaskFamily]] = {
+    "quadratic_family": QuadraticFamily,
+    "mlp_family": MLPFamily,
+    "single_task": _single_task_family,
+}
+
+
+def make_family(name: str, **kwargs: Any) -> TaskFamily:
+    """Build task family ``name`` (a key of ``FAMILIES``) with constructor arguments ``kwargs``."""
+    return choose("task family", name, FAMILIES)(**kwargs)
+
+
+__all__ = [
+    "ACTIVATIONS", "Batch", "ConvTask", "DATASETS", "Dataset", "FAMILIES", "LogRegTask", "MLPFamily",
+    "MLPTask", "Params", "QuadraticFamily", "QuadraticTask", "SURFACES", "SingleTaskFamily", "Surface",
+    "TASKS", "Task", "TaskFamily", "clear_cache", "download", "make_dataset", "make_family", "make_task", "read_idx",
+]

@@ -1,0 +1,159 @@
+"""The interface every inner problem implements, and small shared helpers.
+
+A :class:`Task` owns everything about one inner problem except its parameters::
+
+    params = task.init_params(generator)           # {"name": Tensor} on task.device
+    batch = task.sample_batch(generator, "train")  # tuple of tensors (maybe empty)
+    loss = task.loss(params, batch)                # scalar, differentiable in params
+    task.metrics(params, "test")                   # {"loss": ..., "accuracy": ...}
+
+``loss`` is a plain function of the parameter dictionary, so it works inside a
+differentiable unroll, under ``torch.no_grad`` and under ``torch.func``
+transforms. All randomness (initialisation, batches, dropout masks) comes from
+the generator passed in: the same generator state gives the same numbers on the
+same device. A generator may live on the CPU or on ``task.device``; numbers are
+drawn on the generator's device and then moved to ``task.device``.
+
+A :class:`TaskFamily` samples tasks (a distribution to meta-train on).
+"""
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, Mapping, TypeVar
+
+import torch
+from torch import Tensor
+
+Params = dict[str, Tensor]
+Batch = tuple
+SPLITS = ("train", "test")
+
+T = TypeVar("T")
+
+
+class Task(abc.ABC):
+    """One inner optimisation problem; see the module docstring.
+
+    Attributes:
+        name: short identifier, e.g. ``"mlp_digits"``.
+        device: where params, batches and data live.
+        dtype: floating dtype of params and data (``float64`` for gradient checks).
+        batch_size: examples per batch, or ``None`` for full batch.
+        is_classifier: whether :meth:`metrics` reports ``"accuracy"``.
+    """
+
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    batch_size: int | None
+    is_classifier: bool = False
+
+    @abc.abstractmethod
+    def init_params(self, generator: torch.Generator) -> Params:
+        """Fresh inner parameters on ``self.device``, drawn from ``generator``."""
+
+    @abc.abstractmethod
+    def sample_batch(self, generator: torch.Generator, split: str = "train") -> Batch:
+        """A batch from ``split`` (``"train"`` or ``"test"``) as a tuple of tensors."""
+
+    @abc.abstractmethod
+    def loss(self, params: Params, batch: Batch) -> Tensor:
+        """Scalar loss of ``params`` on ``batch``, differentiable w.r.t. ``params``."""
+
+    @abc.abstractmethod
+    def metrics(self, params: Params, split: str = "test",
+                max_examples: int | None = None) -> dict[str, float]:
+        """``{"loss": ...}`` (plus ``"accuracy"`` for classifiers) on a whole split."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, device={self.device}, batch_size={self.batch_size})"
+
+
+class TaskFamily(abc.ABC):
+    """A distribution over tasks."""
+
+    @abc.abstractmethod
+    def sample(self, generator: torch.Generator) -> Task:
+        """Draw one task using ``generator``."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def choose(kind: str, name: str, table: Mapping[str, T]) -> T:
+    """``table[name]``, or ``ValueError("unknown <kind> 'name'; allowed: ...")``."""
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; allowed: {', '.join(table)}")
+    return table[name]
+
+
+def check_split(split: str) -> str:
+    """Return ``split`` if it is ``"train"`` or ``"test"``, else raise ``ValueError``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    return split
+
+
+def check_positive_int(field: str, value: Any, allow_none: bool = False) -> int | None:
+    """Return ``value`` if it is an integer > 0 (or ``None`` when allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        allowed = "a positive integer or None" if allow_none else "a positive integer"
+        raise ValueError(f"{field} must be {allowed}; got {value!r}")
+    return value
+
+
+def check_range(field: str, value: Any, low: float, high: float, high_inclusive: bool = False) -> float:
+    """Return ``float(value)`` if ``low <= value < high`` (``<= high`` when inclusive)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value and (value <= high if high_inclusive else value < high)
+    if not ok:
+        bracket = "]" if high_inclusive else ")"
+        raise ValueError(f"{field} must be a number in [{low}, {high}{bracket}; got {value!r}")
+    return float(value)
+
+
+def check_float_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating ``torch.dtype`` from a dtype or its name (``"float64"``), else ``ValueError``."""
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype or its name (e.g. 'float32'); got {dtype!r}")
+    return resolved
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype,
+          device: torch.device) -> Tensor:
+    """Standard Gaussian draw (float32, on ``generator.device``), cast to ``dtype`` on ``device``.
+
+    Drawing in float32 whatever ``dtype`` is makes a float64 task the same
+    problem as its float32 twin, only more precise.
+    """
+    return torch.randn(shape, generator=generator, device=generator.device).to(device, dtype)
+
+
+def uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator, dtype: torch.dtype,
+            device: torch.device) -> Tensor:
+    """``U(-bound, bound)`` draw (float32, on ``generator.device``), cast to ``dtype`` on ``device``."""
+    u = torch.rand(shape, generator=generator, device=generator.device)
+    return ((2 * u - 1) * bound).to(device, dtype)
+
+
+def randint(high: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    """Integers in ``[0, high)`` drawn on ``generator.device``, moved to ``device``."""
+    return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
+
+
+class SingleTaskFamily(TaskFamily):
+    """The degenerate family that always returns the same task.
+
+    Meta-training on one task (e.g. the learning-to-learn MNIST MLP) still sees
+    a fresh initialisation per unroll, through ``task.init_params(generator)``.
+    """
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def sample(self, generator: torch.Generator) -> Task:
+        return self.task
