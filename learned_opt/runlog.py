@@ -15,10 +15,11 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 
 def _jsonable(value: Any) -> Any:
+    """Plain JSON values: 1-element tensors become numbers, NaN and inf become null."""
     if hasattr(value, "item") and getattr(value, "numel", lambda: 2)() == 1:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        return None
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

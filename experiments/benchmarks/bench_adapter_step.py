@@ -1,6 +1,6 @@
 """Time one optimizer step: RuleOptimizer(rule) against the same torch.optim optimizer, in one process.
 
-    python experiments/benchmarks/bench_adapter_step.py [--repeats 200] [--device cpu]
+    python experiments/benchmarks/bench_adapter_step.py [--repeats 200] [--device cpu] [--out DIR]
 
 Prints a markdown table of median step times and ratios (ours / torch) for
 SGD-momentum, RMSprop and Adam on (a) an MLP of ~1M parameters in a few large
@@ -11,9 +11,11 @@ Measurements of the two optimizers are interleaved so that machine noise hits bo
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -53,12 +55,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=200, help="steps timed per round")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, help="also write the table to OUT/table.md")
     args = ap.parse_args()
     device = torch.device(args.device)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, device {device}\n")
-    print("| model | optimizer | ours (us) | torch default (us) | torch foreach (us) | ours/default | ours/foreach |")
-    print("|---|---|---|---|---|---|---|")
+    lines = [f"Machine: {platform.machine()} with {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+             f"torch {torch.__version__}, device {device}. Median of {args.rounds} x {args.repeats} steps.\n",
+             "| model | optimizer | ours (us) | torch default (us) | torch foreach (us) | ours/default | ours/foreach |",
+             "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines))
     for mname, model in models().items():
         model = model.to(device)
         for oname, (ours, theirs) in CASES.items():
@@ -77,8 +81,12 @@ def main() -> None:
                 for k, opt in opts.items():
                     samples[k] += median_step_time(opt, args.repeats)
             med = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
-            print(f"| {mname} | {oname} | {med['ours']:.0f} | {med['default']:.0f} | {med['foreach']:.0f} | "
-                  f"{med['ours'] / med['default']:.2f} | {med['ours'] / med['foreach']:.2f} |")
+            lines.append(f"| {mname} | {oname} | {med['ours']:.0f} | {med['default']:.0f} | {med['foreach']:.0f} | "
+                         f"{med['ours'] / med['default']:.2f} | {med['ours'] / med['foreach']:.2f} |")
+            print(lines[-1])
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "table.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""Copy a run's table and figures into ``results/<name>/`` and refresh the README block that shows them.
+
+    python experiments/publish.py compare_baselines runs/compare_baselines/<time> [--command "..."]
+
+The README holds a block per result between ``<!-- results:<name> -->`` and
+``<!-- /results:<name> -->``; this rewrites that block from the run's files, so
+no number in the README is typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    import os
+    return f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}"
+
+
+def publish(name: str, run_dir: Path, command: str | None, figures: list[str], tables: list[str]) -> str:
+    dest = ROOT / "results" / name
+    dest.mkdir(parents=True, exist_ok=True)
+    parts = []
+    if command:
+        parts.append(f"Made by `{command}` on {machine()}.\n")
+    for t in tables:
+        src = run_dir / t
+        if src.exists():
+            shutil.copy(src, dest / t)
+            parts.append(src.read_text().strip() + "\n")
+    for f in figures:
+        for src in sorted(run_dir.glob(f)):
+            shutil.copy(src, dest / src.name)
+            parts.append(f"![{name}: {src.stem}](results/{name}/{src.name})\n")
+    block = "\n".join(parts)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no block {start} ... {end}")
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{block}\n{end}", text))
+    return block
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name")
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--command", help="the command that made the run (shown in the README)")
+    ap.add_argument("--figures", nargs="*", default=["*.png"], help="globs of figures to copy")
+    ap.add_argument("--tables", nargs="*", default=["table.md"], help="tables to copy and inline")
+    args = ap.parse_args()
+    print(publish(args.name, args.run_dir, args.command, args.figures, args.tables))
+
+
+if __name__ == "__main__":
+    main()

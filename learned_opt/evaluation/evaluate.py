@@ -1,0 +1,343 @@
+"""Run an evaluation config end to end: tune, run every cell, summarise, plot, log.
+
+    summary = evaluate(cfg, run_dir)                 # cfg: the plain dict of configs/evaluate.yaml
+    summary = evaluate(cfg, run_dir, resume=True)    # continue an interrupted evaluation
+
+Outputs in ``run_dir``: ``results.csv`` (tidy: one row per optimizer x task x
+seed x step), ``summary.md``, ``summary.json``, ``curves_<task>.png``,
+``scores.png`` (score normalised by tuned Adam, per task) and ``ranks.png``,
+``cells/`` and ``tuning/`` (every finished unit of work, for resuming), and
+W&B runs: one per (optimizer, task), grouped by task and tagged by optimizer
+family, plus one ``summary`` run with the tables and comparison plots.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..runlog import RunLogger, check_wandb_config
+from ..tasks import make_task
+from ..utils import atomic_write_text, resolve_device
+from . import metrics as M
+from .plots import plot_curves
+from .suite import OptimizerSpec, parse_optimizers, parse_suite, run_cell, tune
+from .tables import markdown_table
+
+REFERENCE = "adam@tuned"  # the normalising reference, learned_optimization style
+CSV_COLUMNS = ["optimizer", "variant", "task", "seed", "step", "train_loss", "test_loss", "test_accuracy"]
+
+
+def entries(specs: list[OptimizerSpec]) -> list[tuple[str, OptimizerSpec, str]]:
+    """(entry label, spec, variant) for every evaluated column: default and tuned for hand-crafted rules."""
+    out = []
+    for s in specs:
+        if s.learned:
+            out.append((s.label, s, "learned"))
+        else:
+            out.append((f"{s.label}@default", s, "default"))
+            if s.tune:
+                out.append((f"{s.label}@tuned", s, "tuned"))
+    return out
+
+
+def check_config(cfg: dict, device: torch.device) -> tuple[list[OptimizerSpec], dict[str, dict]]:
+    for key in ("steps",):
+        if not isinstance(cfg.get(key), int) or cfg[key] < 1:
+            raise ValueError(f"{key}={cfg.get(key)!r} must be an integer >= 1")
+    if not cfg.get("seeds"):
+        raise ValueError("seeds is empty: give the evaluation seeds, e.g. [100, 101, 102]")
+    if set(cfg["seeds"]) & set(cfg["tuning"]["seeds"]):
+        raise ValueError(f"tuning.seeds {cfg['tuning']['seeds']} overlap the evaluation seeds {cfg['seeds']}: "
+                         f"tune on other seeds than you report")
+    check_wandb_config(cfg.get("wandb"))
+    return parse_optimizers(cfg["optimizers"]), parse_suite(cfg["suite"], device)
+
+
+def evaluate(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
+    device = resolve_device(cfg.get("device", "cpu"))
+    specs, suite = check_config(cfg, device)
+    run_dir = Path(run_dir)
+    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+    (run_dir / "tuning").mkdir(exist_ok=True)
+    saved_cfg = run_dir / "config.json"
+    if saved_cfg.exists():
+        if not resume:
+            raise FileExistsError(f"{run_dir} already holds an evaluation: pass resume=true to continue it "
+                                  f"(nothing was overwritten)")
+        if json.loads(saved_cfg.read_text()) != _comparable(cfg):
+            raise ValueError(f"resume: {saved_cfg} was written by a different configuration; "
+                             f"use a new run directory")
+    else:
+        atomic_write_text(json.dumps(_comparable(cfg), indent=1), saved_cfg)
+
+    cols = entries(specs)
+    seeds = list(cfg["seeds"])
+    todo = [(e, s, v, t, seed) for t in suite for (e, s, v) in cols for seed in seeds]
+    from tqdm.auto import tqdm
+    bar = tqdm(todo, desc="cells (optimizer x task x seed)", disable=not cfg.get("progress", True))
+    cells: dict[tuple[str, str], list[dict]] = {}
+    tuned: dict[tuple[str, str], dict] = {}
+    t0 = time.perf_counter()
+    for entry, spec, variant, task_label, seed in bar:
+        bar.set_postfix(task=task_label, optimizer=entry)
+        path = run_dir / "cells" / f"{entry}__{task_label}__{seed}.json"
+        if path.exists():
+            cells.setdefault((entry, task_label), []).append(json.loads(path.read_text()))
+            continue
+        hp = None
+        if variant == "tuned":
+            key = (spec.label, task_label)
+            if key not in tuned:
+                tuned[key] = tune(spec, suite[task_label], cfg, device,
+                                  cache=run_dir / "tuning" / f"{spec.label}__{task_label}.json")
+            hp = tuned[key]["best"]
+        task = make_task(**suite[task_label], device=device)
+        cell = run_cell(task, spec.build(device, hp), seed, cfg["steps"], device,
+                        eval_every=cfg.get("eval_every", 0), eval_examples=cfg.get("eval_examples"))
+        cell["hparams"] = hp if hp is not None else (spec.hparams if not spec.learned else {})
+        atomic_write_text(json.dumps(cell), path)
+        cells.setdefault((entry, task_label), []).append(cell)
+    bar.close()
+    for spec in specs:  # tuning records of cells that were all resumed
+        for task_label in suite:
+            p = run_dir / "tuning" / f"{spec.label}__{task_label}.json"
+            if p.exists():
+                tuned[(spec.label, task_label)] = json.loads(p.read_text())
+
+    summary = summarise(cells, cols, suite, cfg)
+    summary["seconds"] = time.perf_counter() - t0
+    write_csv(cells, cols, suite, run_dir / "results.csv")
+    md = summary_markdown(summary, suite, cols, tuned, cfg)
+    atomic_write_text(md, run_dir / "summary.md")
+    atomic_write_text(json.dumps({"summary": summary, "tuning": {f"{k[0]}/{k[1]}": v for k, v in tuned.items()}},
+                                 indent=1), run_dir / "summary.json")
+    figures = make_figures(cells, cols, suite, summary, run_dir, cfg)
+    log_wandb(cells, cols, suite, summary, md, figures, run_dir, cfg)
+    return summary
+
+
+def _comparable(cfg: dict) -> dict:
+    """The config without the entries that may change between an interrupted run and its resume."""
+    return {k: v for k, v in cfg.items() if k not in ("progress", "wandb", "resume", "device")}
+
+
+# --------------------------------------------------------------------------- summary
+def summarise(cells: dict, cols: list, suite: dict, cfg: dict) -> dict:
+    steps = cfg["steps"]
+    out: dict[str, Any] = {"tasks": {}}
+    for task in suite:
+        ref_cells = sorted(cells.get((REFERENCE, task), []), key=lambda c: c["seed"])
+        ref_auc = M.median_iqr([M.auc(c["train_loss"], steps) for c in ref_cells])[0] if ref_cells else math.nan
+        ref_final = [c.get("final_train_loss_full", math.inf) for c in ref_cells]
+        target = (suite[task].get("target_loss") if "target_loss" in suite[task]
+                  else (M.median_iqr(ref_final)[0] if ref_cells else math.nan))
+        rows = {}
+        for entry, _, variant in cols:
+            cs = sorted(cells.get((entry, task), []), key=lambda c: c["seed"])
+            if not cs:
+                continue
+            per = {
+                "final_train_loss": [c.get("final_train_loss_full", math.inf) for c in cs],
+                "final_test_loss": [c.get("final_test_loss", math.inf) for c in cs],
+                "test_accuracy": [c.get("final_test_accuracy", math.nan) for c in cs],
+                "auc": [M.auc(c["train_loss"], steps) for c in cs],
+                "steps_to_target": [M.steps_to_target(c["train_loss"], target, smooth=10)
+                                    if math.isfinite(target) else math.nan for c in cs],
+                "seconds": [c["seconds"] for c in cs],
+            }
+            per["score_vs_adam"] = [M.normalized_score(a, ref_auc) for a in per["auc"]]
+            stats = {k: dict(zip(("median", "q25", "q75"), M.median_iqr(v))) for k, v in per.items()}
+            wtl = (M.wins_losses(per["final_train_loss"], ref_final) if ref_cells and entry != REFERENCE
+                   else None)
+            rows[entry] = {"variant": variant, "seeds": [c["seed"] for c in cs], "per_seed": per,
+                           "stats": stats, "wins_ties_losses_vs_adam": wtl,
+                           "diverged": sum(bool(c["diverged"]) for c in cs), "hparams": cs[0].get("hparams", {})}
+        ranking = sorted(rows, key=lambda e: (rows[e]["stats"]["auc"]["median"], e))
+        out["tasks"][task] = {"target_loss": target, "reference_auc": ref_auc, "rows": rows, "ranking": ranking}
+    return out
+
+
+def summary_markdown(summary: dict, suite: dict, cols: list, tuned: dict, cfg: dict) -> str:
+    t = cfg["tuning"]
+    lines = [f"Budget: {cfg['steps']} steps; evaluation seeds {cfg['seeds']}; tuning: {t.get('method', 'grid')} "
+             f"search, {t.get('budget', 8)} trials on seeds {t['seeds']}, objective {t.get('objective', 'final_val_loss')}"
+             f" (validation split = {t.get('val_fraction', 0.2):.0%} of the training split). Each cell: median "
+             f"[25th, 75th percentile] over seeds. score = mean training loss over the run / that of tuned Adam "
+             f"(< 1 is better). W/T/L: seeds where the final training loss beats / ties / loses to tuned Adam.\n"]
+    for task, res in summary["tasks"].items():
+        lines.append(f"### {task}\n\n`{suite[task]}`; target loss for steps-to-target: {res['target_loss']:.4g}\n")
+        rows = []
+        for entry in res["ranking"]:
+            r = res["rows"][entry]
+            p = r["per_seed"]
+            wtl = r["wins_ties_losses_vs_adam"]
+            rows.append([entry, M.fmt_median_iqr(p["final_train_loss"]), M.fmt_median_iqr(p["final_test_loss"]),
+                         M.fmt_median_iqr(p["test_accuracy"], 3), M.fmt_median_iqr(p["auc"]),
+                         M.fmt_median_iqr(p["steps_to_target"], 3, "not reached"), M.fmt_median_iqr(p["score_vs_adam"], 3),
+                         "/".join(map(str, wtl)) if wtl else "-", r["diverged"], _fmt_hp(r["hparams"])])
+        lines.append(markdown_table(["optimizer", "final train loss", "test loss", "test accuracy",
+                                     "mean train loss (AUC)", "steps to target", "score vs tuned Adam",
+                                     "W/T/L vs Adam", "diverged", "hyperparameters"], rows))
+    lines.append("### Ranking by mean training loss (1 = best)\n")
+    names = [e for e, _, _ in cols]
+    rank_rows = []
+    for e in names:
+        ranks = [summary["tasks"][t]["ranking"].index(e) + 1 if e in summary["tasks"][t]["ranking"] else "-"
+                 for t in summary["tasks"]]
+        rank_rows.append([e, *ranks])
+    lines.append(markdown_table(["optimizer", *summary["tasks"].keys()], rank_rows))
+    return "\n".join(lines)
+
+
+def _fmt_hp(hp: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items()) or "-"
+
+
+def write_csv(cells: dict, cols: list, suite: dict, path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_COLUMNS)
+    for task in suite:
+        for entry, _, variant in cols:
+            for c in sorted(cells.get((entry, task), []), key=lambda c: c["seed"]):
+                evals = {e["step"]: e for e in c["evals"]}
+                for i, loss in enumerate(c["train_loss"]):
+                    e = evals.get(i, {})
+                    w.writerow([entry, variant, task, c["seed"], i + 1, repr(loss),
+                                repr(e["test_loss"]) if "test_loss" in e else "",
+                                repr(e["test_accuracy"]) if "test_accuracy" in e else ""])
+    atomic_write_text(buf.getvalue(), path)
+
+
+# --------------------------------------------------------------------------- figures and W&B
+def make_figures(cells: dict, cols: list, suite: dict, summary: dict, run_dir: Path, cfg: dict) -> list[Path]:
+    import matplotlib.pyplot as plt
+    steps = cfg["steps"]
+    figs = []
+    for task in suite:
+        curves = {}
+        for entry, _, _ in cols:
+            cs = cells.get((entry, task), [])
+            if cs:
+                arr = np.full((len(cs), steps), np.nan)
+                for i, c in enumerate(cs):
+                    arr[i, :len(c["train_loss"])] = c["train_loss"]
+                curves[entry] = arr
+        figs.append(plot_curves(curves, run_dir / f"curves_{task}.png",
+                                title=f"{task}: training loss (median, IQR band over {len(cfg['seeds'])} seeds)",
+                                xlabel="step (updates)", ylabel="training loss (minibatch)"))
+    tasks = list(summary["tasks"])
+    names = [e for e, _, _ in cols]
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(tasks) * max(1, len(names)) / 4), 4.5), dpi=110)
+    width = 0.8 / max(1, len(names))
+    for j, e in enumerate(names):
+        vals, lo, hi = [], [], []
+        for t in tasks:
+            s = summary["tasks"][t]["rows"].get(e, {}).get("stats", {}).get("score_vs_adam")
+            m = s["median"] if s and math.isfinite(s["median"]) else np.nan
+            vals.append(m)
+            lo.append(m - s["q25"] if s and math.isfinite(s["q25"]) else 0)
+            hi.append(s["q75"] - m if s and math.isfinite(s["q75"]) else 0)
+        ax.bar(np.arange(len(tasks)) + j * width - 0.4 + width / 2, vals, width, yerr=[lo, hi], label=e, capsize=2)
+    ax.axhline(1.0, color="k", lw=1, ls="--", label="tuned Adam = 1")
+    ax.set_xticks(np.arange(len(tasks)))
+    ax.set_xticklabels(tasks, rotation=15)
+    ax.set_yscale("log")
+    ax.set_ylabel("mean training loss / tuned Adam's (log scale)")
+    ax.set_xlabel("task")
+    ax.set_title("Score normalised by tuned Adam per task (< 1 is better; median, IQR bars)")
+    ax.legend(fontsize=7, ncol=3)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "scores.png")
+    plt.close(fig)
+    figs.append(run_dir / "scores.png")
+
+    ranks = np.array([[summary["tasks"][t]["ranking"].index(e) + 1 if e in summary["tasks"][t]["ranking"] else np.nan
+                       for t in tasks] for e in names], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tasks), 0.8 + 0.35 * len(names)), dpi=110)
+    im = ax.imshow(ranks, cmap="viridis_r", aspect="auto")
+    for i in range(len(names)):
+        for j in range(len(tasks)):
+            if np.isfinite(ranks[i, j]):
+                dark = ranks[i, j] > np.nanmax(ranks) / 2  # viridis_r: high ranks are dark
+                ax.text(j, i, int(ranks[i, j]), ha="center", va="center", color="w" if dark else "k", fontsize=8)
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels(tasks, rotation=15)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlabel("task")
+    ax.set_title("Rank by mean training loss (1 = best)")
+    fig.colorbar(im, ax=ax, label="rank")
+    fig.tight_layout()
+    fig.savefig(run_dir / "ranks.png")
+    plt.close(fig)
+    figs.append(run_dir / "ranks.png")
+    return figs
+
+
+def log_wandb(cells: dict, cols: list, suite: dict, summary: dict, md: str, figures: list[Path], run_dir: Path,
+              cfg: dict) -> None:
+    wcfg = check_wandb_config(cfg.get("wandb"))
+    if wcfg["mode"] == "disabled":
+        return
+    steps = cfg["steps"]
+    for task in suite:
+        for entry, spec, variant in cols:
+            cs = cells.get((entry, task))
+            if not cs:
+                continue
+            row = summary["tasks"][task]["rows"][entry]
+            arr = np.full((len(cs), steps), np.nan)
+            for i, c in enumerate(cs):
+                arr[i, :len(c["train_loss"])] = c["train_loss"]
+            with RunLogger(run_dir / "wandb_runs", wcfg, name=f"{entry}/{task}", group=task,
+                           tags=[spec.family, variant, entry.split("@")[0]], job_type="evaluate",
+                           config={"optimizer": entry, "variant": variant, "task": task, "task_spec": suite[task],
+                                   "hparams": row["hparams"], "seeds": row["seeds"], "steps": steps},
+                           jsonl=f"{entry}__{task}.jsonl") as log:
+                evals = {}
+                for c in cs:
+                    for e in c["evals"]:
+                        evals.setdefault(e["step"], []).append(e)
+                for s in range(steps):
+                    col = arr[:, s]
+                    if not np.isfinite(col).any():
+                        break
+                    point = {"train_loss": float(np.nanmedian(col)), "train_loss_q25": float(np.nanpercentile(col, 25)),
+                             "train_loss_q75": float(np.nanpercentile(col, 75))}
+                    for k in ("test_loss", "test_accuracy"):
+                        vals = [e[k] for e in evals.get(s, []) if k in e]
+                        if vals:
+                            point[k] = float(np.median(vals))
+                    log.log(point, step=s)
+                log.summary({f"{k}_median": v["median"] for k, v in row["stats"].items()}
+                            | {"diverged": row["diverged"]})
+    with RunLogger(run_dir / "wandb_runs", wcfg, name="summary", group="summary", tags=["summary"],
+                   job_type="evaluate-summary", config=cfg, jsonl="summary.jsonl") as log:
+        import wandb
+        table_rows = [[task, entry, r["variant"], *(r["stats"][k]["median"] for k in
+                       ("final_train_loss", "final_test_loss", "test_accuracy", "auc", "steps_to_target",
+                        "score_vs_adam")), r["diverged"]]
+                      for task, res in summary["tasks"].items() for entry, r in res["rows"].items()]
+        log.table("summary_table", ["task", "optimizer", "variant", "final_train_loss", "final_test_loss",
+                                    "test_accuracy", "auc", "steps_to_target", "score_vs_adam", "diverged"],
+                  table_rows)
+        if log.wandb_run is not None:
+            for task in suite:
+                names = [e for e, _, _ in cols if (e, task) in cells]
+                ys = [np.nanmedian(np.array([c["train_loss"][:steps] + [np.nan] * (steps - len(c["train_loss"]))
+                                             for c in cells[(e, task)]]), axis=0).tolist() for e in names]
+                log.wandb_run.log({f"compare/{task}": wandb.plot.line_series(
+                    xs=list(range(1, steps + 1)), ys=ys, keys=names, title=f"{task}: median training loss",
+                    xname="step")})
+        for f in figures:
+            log.image(f"figures/{f.stem}", f)

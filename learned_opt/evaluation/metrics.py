@@ -1,0 +1,103 @@
+"""Metrics of a training curve and their statistics over seeds.
+
+A curve is the per-step training loss of one (optimizer, task, seed) run; a
+diverged run's curve is shorter than the budget (the steps after divergence
+are missing, NaN in arrays) and counts as failing every target.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def auc(curve: Sequence[float], budget: int | None = None) -> float:
+    """Mean loss over the run (area under the curve divided by its length).
+
+    A diverged run (fewer finite steps than ``budget``) has an infinite AUC: it
+    did not finish the budget, and no finite number would rank it fairly.
+    """
+    c = np.asarray(curve, dtype=float)
+    n = len(c) if budget is None else budget
+    if n == 0 or len(c) < n or not np.isfinite(c[:n]).all():
+        return math.inf
+    return float(c[:n].mean())
+
+
+def steps_to_target(curve: Sequence[float], target: float, smooth: int = 1) -> float:
+    """1-based number of steps until the (trailing-mean smoothed) loss first reaches ``target``; inf if never."""
+    c = np.asarray(curve, dtype=float)
+    if smooth > 1 and len(c) >= smooth:
+        kernel = np.ones(smooth) / smooth
+        c = np.concatenate([np.full(smooth - 1, np.nan), np.convolve(c, kernel, mode="valid")])
+    hits = np.nonzero(c <= target)[0]
+    return float(hits[0] + 1) if hits.size else math.inf
+
+
+def final(curve: Sequence[float], budget: int, last: int = 1) -> float:
+    """Mean of the last ``last`` losses if the run finished its budget, else inf."""
+    c = np.asarray(curve, dtype=float)
+    if len(c) < budget or not np.isfinite(c[budget - last:budget]).all():
+        return math.inf
+    return float(c[budget - last:budget].mean())
+
+
+def normalized_score(value: float, reference: float) -> float:
+    """``value / reference`` (learned_optimization style): < 1 is better than the reference."""
+    if not math.isfinite(value):
+        return math.inf
+    if reference <= 0 or not math.isfinite(reference):
+        return math.nan
+    return value / reference
+
+
+def median_iqr(values: Sequence[float]) -> tuple[float, float, float]:
+    """(median, 25th percentile, 75th percentile); infinities (diverged seeds) take part as large values."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    q = np.percentile(v, [50, 25, 75], method="linear") if np.isfinite(v).all() else _percentiles_with_inf(v)
+    return float(q[0]), float(q[1]), float(q[2])
+
+
+def _percentiles_with_inf(v: np.ndarray) -> list[float]:
+    # np.percentile interpolates inf - inf = nan; sort and pick order statistics with the same
+    # linear rule, treating inf as larger than everything.
+    s = np.sort(v)
+    out = []
+    for p in (50, 25, 75):
+        pos = (len(s) - 1) * p / 100
+        lo, hi = int(math.floor(pos)), int(math.ceil(pos))
+        frac = pos - lo
+        if frac == 0 or s[lo] == s[hi]:
+            out.append(s[lo])
+        elif math.isinf(s[hi]):
+            out.append(math.inf)
+        else:
+            out.append(s[lo] + frac * (s[hi] - s[lo]))
+    return out
+
+
+def wins_losses(values: Sequence[float], reference: Sequence[float]) -> tuple[int, int, int]:
+    """Paired by seed: (wins, ties, losses) of ``values`` against ``reference`` (lower is better)."""
+    w = t = lo = 0
+    for a, b in zip(values, reference):
+        if a < b:
+            w += 1
+        elif a == b:
+            t += 1
+        else:
+            lo += 1
+    return w, t, lo
+
+
+def fmt_median_iqr(values: Sequence[float], digits: int = 4, inf_label: str = "diverged") -> str:
+    """``median [q25, q75]``; ``inf_label`` when the median itself is infinite."""
+    m, q1, q3 = median_iqr(values)
+    if math.isnan(m):
+        return "n/a"
+    if math.isinf(m):
+        return inf_label
+    return f"{m:.{digits}g} [{q1:.{digits - 1}g}, {q3:.{digits - 1}g}]"

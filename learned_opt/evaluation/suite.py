@@ -1,0 +1,225 @@
+"""The comparison protocol: optimizers x tasks x seeds, with a stated tuning budget for hand-crafted rules.
+
+Following Schmidt, Schneider & Hennig (2021), an optimizer is judged after a
+stated tuning budget, over several seeds, on several tasks:
+
+* a hand-crafted rule is run twice: with its default hyperparameters
+  (``<label>@default``) and after a search (``<label>@tuned``): a log grid or
+  random search over ``lr`` (and optionally other hyperparameters) of
+  ``budget`` trials, each scored on ``tuning.seeds`` (disjoint from the
+  evaluation seeds) by the loss on a validation split carved out of the
+  training split (never the test split);
+* a learned rule (from a checkpoint) or a rule with meta-learned
+  hyperparameters is evaluated as it is: it has no tuning knobs;
+* every (optimizer, task, seed) cell runs through the one ``unroll`` and is
+  saved as soon as it finishes, so an interrupted evaluation resumes without
+  redoing or losing finished cells.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from baselines import RULES, make_rule
+from baselines.base import UpdateRule
+
+from ..tasks import TASKS, make_task
+from ..tasks.base import Task
+from ..tasks.datasets import Dataset
+from ..unroll import unroll
+from ..utils import atomic_write_text, generator
+from . import metrics as M
+
+TUNING_METHODS = ("grid", "random")
+TUNING_OBJECTIVES = ("final_val_loss", "mean_train_loss", "final_train_loss")
+FAMILY_TAGS = {"gd": "sgd-family", "sgd": "sgd-family", "momentum": "sgd-family", "nesterov": "sgd-family",
+               "adagrad": "adaptive", "rmsprop": "adaptive", "adam": "adaptive", "adamw": "adaptive",
+               "adadelta": "adaptive"}
+
+
+# --------------------------------------------------------------------------- specs
+@dataclass
+class OptimizerSpec:
+    """One entry of the config's ``optimizers``: a hand-crafted rule or a learned one."""
+    label: str
+    rule: str | None = None                 # a baselines rule name
+    hparams: dict = field(default_factory=dict)
+    tune: dict = field(default_factory=dict)  # hyperparameter -> [low, high] (log scale) or a list of values
+    checkpoint: str | None = None           # a learned rule
+
+    @property
+    def learned(self) -> bool:
+        return self.checkpoint is not None
+
+    @property
+    def family(self) -> str:
+        return "learned" if self.learned else FAMILY_TAGS.get(self.rule or "", "hand-crafted")
+
+    def build(self, device: torch.device, hparams: dict | None = None) -> UpdateRule:
+        if self.learned:
+            from ..meta.checkpoint import load_rule
+            return load_rule(self.checkpoint, device)
+        return make_rule(self.rule, **(self.hparams if hparams is None else hparams))
+
+
+def parse_optimizers(cfg: dict) -> list[OptimizerSpec]:
+    """Validate every optimizer entry (names, hyperparameters, checkpoints) before any work starts."""
+    if not cfg:
+        raise ValueError("optimizers is empty: name at least one optimizer to evaluate")
+    specs = []
+    for label, entry in cfg.items():
+        entry = dict(entry)
+        if "checkpoint" in entry:
+            path = Path(entry["checkpoint"])
+            if not path.is_file():
+                raise FileNotFoundError(f"optimizers.{label}.checkpoint: no such file {path}")
+            from ..meta.checkpoint import load_checkpoint
+            load_checkpoint(path)  # corrupt or foreign files fail here, with the reason
+            specs.append(OptimizerSpec(label, checkpoint=str(path)))
+            continue
+        if "rule" not in entry:
+            raise ValueError(f"optimizers.{label} needs either `rule` (one of {', '.join(RULES)}) or `checkpoint`")
+        rule = entry.pop("rule")
+        if rule not in RULES:
+            raise ValueError(f"optimizers.{label}.rule: unknown optimizer {rule!r}; allowed: {', '.join(RULES)}")
+        tune = dict(entry.pop("tune", None) or {})
+        make_rule(rule, **entry)  # bad hyperparameters raise here
+        for name, space in tune.items():
+            if name not in RULES[rule].hparam_names:
+                raise ValueError(f"optimizers.{label}.tune.{name}: {rule} has no hyperparameter {name!r}; "
+                                 f"allowed: {', '.join(RULES[rule].hparam_names)}")
+            if not isinstance(space, (list, tuple)) or len(space) < 2:
+                raise ValueError(f"optimizers.{label}.tune.{name}={space!r}: give [low, high] or a list of values")
+        specs.append(OptimizerSpec(label, rule=rule, hparams=entry, tune=tune))
+    return specs
+
+
+def parse_suite(cfg: dict, device: torch.device) -> dict[str, dict]:
+    """Task label -> ``make_task`` kwargs; each is built once here so bad names fail before any work."""
+    if not cfg:
+        raise ValueError("suite is empty: name at least one task")
+    suite = {}
+    for label, spec in cfg.items():
+        spec = dict(spec)
+        if spec.get("name") not in TASKS:
+            raise ValueError(f"suite.{label}.name: unknown task {spec.get('name')!r}; allowed: {', '.join(TASKS)}")
+        make_task(**spec, device=device)
+        suite[label] = spec
+    return suite
+
+
+def validation_task(spec: dict, device: torch.device, fraction: float, seed: int) -> Task:
+    """The task with its training split cut into train' and validation (the validation set plays "test").
+
+    Data-free tasks (quadratics, surfaces) have no split: their tuning objective is the training loss.
+    """
+    task = make_task(**spec, device=device)
+    ds: Dataset | None = getattr(task, "dataset", None)
+    if ds is None:
+        return task
+    n = len(ds.y_train)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(ds.x_train.device)
+    n_val = max(1, int(round(fraction * n)))
+    val, train = perm[:n_val], perm[n_val:]
+    split = Dataset(f"{ds.name}-val", ds.x_train[train], ds.y_train[train], ds.x_train[val], ds.y_train[val],
+                    ds.num_classes, ds.input_shape, ds.mean, ds.std)
+    return make_task(**{**spec, "dataset": split}, device=device)
+
+
+# --------------------------------------------------------------------------- one cell
+def run_cell(task: Task, rule: UpdateRule, seed: int, steps: int, device: torch.device,
+             eval_every: int = 0, eval_examples: int | None = None) -> dict[str, Any]:
+    """One (optimizer, task, seed) run: the per-step training loss and periodic test metrics."""
+    g = generator(seed, device)
+    params = task.init_params(g)
+
+    def evaluate(step: int, p, loss) -> dict:
+        return {"step": step, **{f"test_{k}": v for k, v in task.metrics(p, "test", eval_examples).items()}}
+
+    t0 = time.perf_counter()
+    res = unroll(task, rule, params, rule.init(params), steps, g,
+                 callback=evaluate if eval_every else None, callback_every=eval_every)
+    wall = time.perf_counter() - t0
+    out = {"seed": seed, "train_loss": res.losses.cpu().tolist(), "diverged": res.diverged,
+           "diverged_at": res.diverged_at, "seconds": wall, "evals": res.records}
+    if not res.diverged:
+        final = task.metrics(res.params, "test", eval_examples)
+        train = task.metrics(res.params, "train", eval_examples)
+        out.update({f"final_test_{k}": v for k, v in final.items()})
+        out["final_train_loss_full"] = train["loss"]
+    return out
+
+
+# --------------------------------------------------------------------------- tuning
+def candidates(tune: dict, method: str, budget: int, seed: int) -> list[dict]:
+    """The hyperparameter settings a search tries: ``budget`` of them (a grid is per-dimension ~budget^(1/d))."""
+    if method not in TUNING_METHODS:
+        raise ValueError(f"tuning.method={method!r} is not allowed; allowed: {', '.join(TUNING_METHODS)}")
+    names = list(tune)
+    if method == "grid":
+        per = max(2, int(round(budget ** (1 / len(names))))) if names else 1
+        axes = []
+        for n in names:
+            space = tune[n]
+            if len(space) == 2 and all(isinstance(v, (int, float)) for v in space) and space[0] > 0 and space[1] > 0:
+                axes.append(list(np.geomspace(space[0], space[1], per)))
+            else:
+                axes.append(list(space))
+        grid = [{}]
+        for n, axis in zip(names, axes):
+            grid = [{**g, n: float(v) if isinstance(v, (np.floating, float)) else v} for g in grid for v in axis]
+        return grid
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(budget):
+        c = {}
+        for n in names:
+            space = tune[n]
+            if len(space) == 2 and all(isinstance(v, (int, float)) for v in space) and space[0] > 0:
+                c[n] = float(np.exp(rng.uniform(np.log(space[0]), np.log(space[1]))))
+            else:
+                c[n] = space[int(rng.integers(len(space)))]
+        out.append(c)
+    return out
+
+
+def tuning_score(cell: dict, steps: int, objective: str) -> float:
+    if cell["diverged"]:
+        return math.inf
+    if objective == "mean_train_loss":
+        return M.auc(cell["train_loss"], steps)
+    if objective == "final_train_loss":
+        return cell.get("final_train_loss_full", math.inf)
+    return cell.get("final_test_loss", math.inf)  # the validation split plays "test" in the tuning task
+
+
+def tune(spec: OptimizerSpec, task_spec: dict, cfg: dict, device: torch.device, cache: Path | None = None) -> dict:
+    """Search ``spec.tune``; returns ``{"best": hparams, "trials": [...]}`` (cached in ``cache`` if given)."""
+    if cache is not None and cache.exists():
+        return json.loads(cache.read_text())
+    tcfg = cfg["tuning"]
+    objective = tcfg.get("objective", "final_val_loss")
+    if objective not in TUNING_OBJECTIVES:
+        raise ValueError(f"tuning.objective={objective!r} is not allowed; allowed: {', '.join(TUNING_OBJECTIVES)}")
+    task = validation_task(task_spec, device, tcfg.get("val_fraction", 0.2), tcfg.get("split_seed", 0))
+    trials = []
+    for cand in candidates(spec.tune, tcfg.get("method", "grid"), int(tcfg.get("budget", 8)),
+                           int(tcfg.get("seed", 0))):
+        hp = {**spec.hparams, **cand}
+        scores = [tuning_score(run_cell(task, spec.build(device, hp), s, cfg["steps"], device),
+                               cfg["steps"], objective) for s in tcfg["seeds"]]
+        trials.append({"hparams": cand, "score": float(np.mean(scores))})
+    finite = [t for t in trials if math.isfinite(t["score"])]
+    best = min(finite, key=lambda t: t["score"]) if finite else {"hparams": {}, "score": math.inf}
+    out = {"best": {**spec.hparams, **best["hparams"]}, "best_score": best["score"], "objective": objective,
+           "trials": trials}
+    if cache is not None:
+        atomic_write_text(json.dumps(out, indent=1), cache)
+    return out

@@ -1,0 +1,51 @@
+"""Evaluation metrics on synthetic curves with known answers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from learned_opt.evaluation import metrics as M
+
+
+def test_auc_is_mean_loss_and_diverged_is_inf():
+    assert M.auc([4.0, 2.0, 1.0, 1.0]) == 2.0
+    assert M.auc(np.linspace(1, 0, 101)) == pytest.approx(0.5)
+    assert M.auc([1.0, 0.5], budget=3) == math.inf          # stopped early (diverged)
+    assert M.auc([1.0, float("nan"), 0.5]) == math.inf
+
+
+def test_steps_to_target():
+    curve = [1.0, 0.8, 0.6, 0.4, 0.2]
+    assert M.steps_to_target(curve, 0.6) == 3.0
+    assert M.steps_to_target(curve, 0.05) == math.inf
+    # smoothing: a single noisy dip does not count when averaged over 2 steps
+    assert M.steps_to_target([1.0, 0.1, 1.0, 0.3, 0.3], 0.35, smooth=2) == 5.0
+    assert M.steps_to_target([1.0, 0.1, 1.0, 0.3, 0.3], 0.35) == 2.0
+
+
+def test_normalized_score_and_final():
+    assert M.normalized_score(0.5, 2.0) == 0.25
+    assert M.normalized_score(math.inf, 2.0) == math.inf
+    assert math.isnan(M.normalized_score(1.0, 0.0))
+    assert M.final([3.0, 2.0, 1.0], 3) == 1.0 and M.final([3.0, 2.0, 1.0], 3, last=2) == 1.5
+    assert M.final([3.0, 2.0], 3) == math.inf
+
+
+def test_median_iqr_matches_numpy_and_handles_divergence():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=11)
+    m, q1, q3 = M.median_iqr(v)
+    assert (m, q1, q3) == pytest.approx(tuple(np.percentile(v, [50, 25, 75])))
+    assert M.median_iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 2.0, 4.0)
+    # two of five seeds diverged: the median is still finite, the upper quartile is not
+    assert M.median_iqr([1.0, 2.0, 3.0, math.inf, math.inf]) == (3.0, 2.0, math.inf)
+    assert M.median_iqr([1.0, math.inf, math.inf]) == (math.inf, math.inf, math.inf)
+    assert M.median_iqr([1.0, 3.0, math.inf, math.inf])[0] == math.inf
+    assert all(math.isnan(x) for x in M.median_iqr([]))
+
+
+def test_wins_losses_paired_by_seed():
+    assert M.wins_losses([1, 2, 3, 4], [2, 2, 1, 5]) == (2, 1, 1)
+    assert M.fmt_median_iqr([1.0, math.inf, math.inf]) == "diverged"
