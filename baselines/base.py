@@ -121,6 +121,7 @@ class Rule:
     """
 
     hparam_names: tuple[str, ...] = ()
+    schedulable: tuple[str, ...] = ("lr",)  # hyperparameters that may be schedules (callables of the step)
 
     def hparams(self) -> dict[str, Any]:
         return {n: getattr(self, n) for n in self.hparam_names}
@@ -134,7 +135,7 @@ class Rule:
         return f"{type(self).__name__}({args})"
 
     def numeric_hparams(self) -> bool:
-        """True when every hyperparameter is a plain number (``lr`` may also be a schedule).
+        """True when every hyperparameter is a plain number or, where allowed, a schedule.
 
         Only then may the adapter use the in-place fast path ``update_``.
         """
@@ -142,7 +143,7 @@ class Rule:
             if isinstance(v, (tuple, list)):
                 return all(plain(x) for x in v)
             return isinstance(v, numbers.Number)
-        return all(plain(v) or (n == "lr" and is_schedule(v)) for n, v in self.hparams().items())
+        return all(plain(v) or (n in self.schedulable and is_schedule(v)) for n, v in self.hparams().items())
 
     # Default: no fast path.
     update_ = None

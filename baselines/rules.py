@@ -42,11 +42,14 @@ class SGD(Rule):
     Nesterov:   b as above,                                     w <- w - lr * (g + mu * b)
 
     With dampening 0 this is the lecture's momentum m = a*m + g, w = w - lr*m.
+    ``momentum`` may be a schedule too (e.g. ``CyclicLR.momentum`` for cycling it
+    inversely to the learning rate, Smith 2015).
     Full-batch gradient descent is this rule on a full-batch task; the rule
     does not know or care how the gradient was estimated.
     """
 
     hparam_names = ("lr", "momentum", "dampening", "nesterov", "weight_decay")
+    schedulable = ("lr", "momentum")
 
     def __init__(self, lr: LR = 1e-2, momentum: HParam = 0.0, dampening: HParam = 0.0,
                  nesterov: bool = False, weight_decay: HParam = 0.0):
@@ -77,7 +80,7 @@ class SGD(Rule):
         grads = _l2(grads, params, self.weight_decay)
         new_state: State = {"step": step + 1}
         if self._has_momentum():
-            mu, damp = self.momentum, self.dampening
+            mu, damp = resolve(self.momentum, step), self.dampening
             if step == 0:
                 bufs = {k: g.clone() for k, g in grads.items()}
             else:
@@ -93,14 +96,15 @@ class SGD(Rule):
         lr = float(resolve(self.lr, step))
         grads = _l2_(grads, params, self.weight_decay)
         if self._has_momentum():
+            mu = float(resolve(self.momentum, step))
             if step == 0:
                 buf = [g.clone() for g in grads]
             else:
                 buf = bufs["momentum_buffer"]
-                torch._foreach_mul_(buf, self.momentum)
+                torch._foreach_mul_(buf, mu)
                 torch._foreach_add_(buf, grads, alpha=1 - self.dampening)
             bufs = {"momentum_buffer": buf}
-            grads = torch._foreach_add(grads, buf, alpha=self.momentum) if self.nesterov else buf
+            grads = torch._foreach_add(grads, buf, alpha=mu) if self.nesterov else buf
         torch._foreach_add_(params, grads, alpha=-lr)
         return bufs
 

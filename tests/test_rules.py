@@ -387,3 +387,19 @@ def test_adapter_rejects_unknown_override_and_bad_group():
         B.RuleOptimizer([{"params": model.parameters(), "lr": -1.0}], B.Adam())
     with pytest.raises(TypeError, match="init"):
         B.RuleOptimizer(model.parameters(), object())
+
+
+def test_cyclic_momentum_schedule_matches_torch_cycliclr_with_cycle_momentum():
+    """SGD's momentum may be a schedule: Smith's CLR cycling momentum inversely to the lr."""
+    clr = B.CyclicLR(base_lr=0.001, max_lr=0.05, step_size_up=5, cycle_momentum=True, base_momentum=0.8,
+                     max_momentum=0.95)
+    ours = pure_trajectory(B.SGD(lr=clr, momentum=clr.momentum, nesterov=True), steps=30)
+    fast = adapter_trajectory(B.SGD(lr=clr, momentum=clr.momentum, nesterov=True), steps=30)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.001, max_lr=0.05, step_size_up=5, cycle_momentum=True,
+                                              base_momentum=0.8, max_momentum=0.95)
+    ref = train(opt, model, 30, sched)
+    for k in ref:
+        assert_rel_close(ours[-1][k], ref[k], RTOL, k)
+        assert_rel_close(fast[-1][k], ref[k], RTOL, k)
