@@ -1,0 +1,184 @@
+"""The meta-training loop: sample tasks, unroll, back-propagate, clip, update, checkpoint.
+
+    summary = meta_train(cfg, run_dir)            # cfg: the plain dict of configs/meta_train.yaml
+    summary = meta_train(cfg, run_dir, resume=True)
+
+Per meta-step: :class:`~learned_opt.meta.truncated.TruncatedBPTT` advances
+``meta.tasks_per_step`` inner problems by one truncation and returns the mean
+meta-gradient of those that stayed finite; the gradient is clipped by norm and
+applied by the meta-optimizer (Adam by default). A step in which no task
+counted is skipped (and counted): NaN or Inf never reaches the meta-parameters.
+
+Checkpoints (``checkpoint.pt`` in the run directory) every
+``checkpoint_every`` meta-steps and at the end hold the meta-parameters, the
+meta-optimizer state, the step, the config, every RNG state and the inner
+problems in flight, so ``resume=True`` continues exactly where the run stopped
+(bit-for-bit on CPU). Metrics go to ``metrics.jsonl`` and to W&B.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..optimizers import make_learned_rule
+from ..runlog import RunLogger, check_wandb_config
+from ..tasks import make_family
+from ..unroll import unroll
+from ..utils import generator, resolve_device
+from .checkpoint import CheckpointError, load_checkpoint, rule_from_checkpoint, save_checkpoint
+from .truncated import TruncatedBPTT
+
+META_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+# Config entries that may differ between a checkpoint and the run that resumes it.
+RESUMABLE_CHANGES = ("meta.steps", "checkpoint_every", "wandb", "progress", "device")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_config(cfg: dict) -> None:
+    """Every bad value raises here, before any work starts."""
+    meta = cfg["meta"]
+    for key in ("steps", "horizon", "truncation", "tasks_per_step"):
+        if not isinstance(meta.get(key), int) or meta[key] < 1:
+            raise ValueError(f"meta.{key}={meta.get(key)!r} must be an integer >= 1")
+    if meta["truncation"] > meta["horizon"]:
+        raise ValueError(f"meta.truncation={meta['truncation']} must be <= meta.horizon={meta['horizon']}")
+    if meta.get("optimizer", "adam") not in META_OPTIMIZERS:
+        raise ValueError(f"meta.optimizer={meta.get('optimizer')!r} is not allowed; "
+                         f"allowed: {', '.join(META_OPTIMIZERS)}")
+    if not meta.get("lr", 0) > 0:
+        raise ValueError(f"meta.lr={meta.get('lr')!r} must be > 0")
+    if meta.get("clip_grad_norm") is not None and not meta["clip_grad_norm"] > 0:
+        raise ValueError(f"meta.clip_grad_norm={meta['clip_grad_norm']!r} must be > 0 or null")
+    if cfg.get("checkpoint_every", 1) < 0:
+        raise ValueError(f"checkpoint_every={cfg['checkpoint_every']!r} must be >= 0 (0: only at the end)")
+    check_wandb_config(cfg.get("wandb"))
+
+
+def build_rule(cfg: dict, device: torch.device) -> nn.Module:
+    opt_cfg = dict(cfg["optimizer"])
+    name = opt_cfg.pop("name")
+    torch.manual_seed(cfg["seed"])  # the rule's initial meta-parameters
+    return make_learned_rule(name, **opt_cfg).to(device)
+
+
+def validation_loss(rule: nn.Module, family, cfg: dict, device: torch.device) -> float:
+    """Mean training loss over a full horizon on fixed held-out tasks (no meta-gradient)."""
+    val = cfg.get("validation") or {}
+    n, steps = int(val.get("tasks", 0)), int(val.get("steps", cfg["meta"]["horizon"]))
+    losses = []
+    for i in range(n):
+        seed = 10_000_000 + i  # held out: training task seeds are drawn from the run's generator
+        task = family.sample(torch.Generator().manual_seed(seed))
+        g = generator(seed, device)
+        params = task.init_params(g)
+        with torch.no_grad():
+            res = unroll(task, rule, params, rule.init(params), steps, g)
+        losses.append(float(res.losses.mean()) if not res.diverged else math.inf)
+    return sum(losses) / n if n else float("nan")
+
+
+def meta_train(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
+    """Meta-train ``cfg["optimizer"]`` on ``cfg["family"]``; returns a summary dict."""
+    check_config(cfg)
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    device = resolve_device(cfg.get("device", "cpu"))
+    meta = cfg["meta"]
+    family_cfg = dict(cfg["family"])
+    family = make_family(family_cfg.pop("name"), device=device, **family_cfg)
+    rule = build_rule(cfg, device)
+    meta_opt = META_OPTIMIZERS[meta.get("optimizer", "adam")](rule.parameters(), lr=meta["lr"])
+    estimator = TruncatedBPTT(family, horizon=meta["horizon"], truncation=meta["truncation"],
+                              num_tasks=meta["tasks_per_step"], device=device,
+                              generator=generator(cfg["seed"]), first_order=meta.get("first_order", False),
+                              meta_loss=meta.get("meta_loss", "mean"),
+                              divergence_factor=meta.get("divergence_factor", 1e3))
+    start, counters, elapsed_before = 0, {"diverged_truncations": 0, "skipped_steps": 0}, 0.0
+    if resume:
+        if not ckpt_path.exists():
+            raise CheckpointError(f"resume=true but there is no checkpoint at {ckpt_path}")
+        ckpt = load_checkpoint(ckpt_path)
+        _check_same_run(json.loads(ckpt["config"]), cfg, ckpt_path)
+        rule.load_state_dict(rule_from_checkpoint(ckpt, ckpt_path).state_dict())
+        meta_opt.load_state_dict(ckpt["meta_opt"])
+        estimator.load_state_dict(ckpt["estimator"], rule)
+        torch.set_rng_state(ckpt["torch_rng"])
+        start, counters = int(ckpt["meta_step"]), dict(ckpt["counters"])
+        elapsed_before = float(ckpt.get("seconds", 0.0))
+    elif ckpt_path.exists():
+        raise CheckpointError(f"{ckpt_path} already exists: pass resume=true to continue it, "
+                              f"or choose another run directory (nothing was overwritten)")
+
+    def checkpoint(step: int, seconds: float) -> None:
+        save_checkpoint(ckpt_path, rule, step, cfg, meta_opt=meta_opt.state_dict(),
+                        estimator=estimator.state_dict(), torch_rng=torch.get_rng_state(),
+                        counters=counters, seconds=seconds)
+
+    logger = RunLogger(run_dir, cfg.get("wandb"), name=f"meta_train-{cfg['optimizer']['name']}",
+                       group="meta_train", tags=[cfg["optimizer"]["name"]], config=cfg, job_type="meta_train")
+    from tqdm.auto import tqdm
+    bar = tqdm(range(start, meta["steps"]), initial=start, total=meta["steps"], desc="meta-train",
+               disable=not cfg.get("progress", True))
+    t0 = time.perf_counter() - elapsed_before
+    val_every = int((cfg.get("validation") or {}).get("every", 0))
+    last = {}
+    try:
+        for step in bar:
+            meta_opt.zero_grad(set_to_none=True)
+            est = estimator.estimate(rule)
+            counters["diverged_truncations"] += est.diverged
+            row: dict[str, Any] = {"diverged_truncations": counters["diverged_truncations"],
+                                   "tasks_counted": est.counted}
+            if est.grads is None:
+                counters["skipped_steps"] += 1
+            else:
+                for p, g in zip((p for p in rule.parameters() if p.requires_grad), est.grads):
+                    p.grad = g
+                clip = meta.get("clip_grad_norm")
+                norm = torch.nn.utils.clip_grad_norm_(rule.parameters(), clip if clip else float("inf"))
+                meta_opt.step()
+                row.update(meta_loss=est.meta_loss, inner_loss=est.inner_loss, grad_norm=float(norm))
+            row["skipped_steps"] = counters["skipped_steps"]
+            if val_every and ((step + 1) % val_every == 0 or step + 1 == meta["steps"]):
+                row["val_loss"] = validation_loss(rule, family, cfg, device)
+            row["seconds"] = time.perf_counter() - t0
+            logger.log(row, step=step + 1)
+            last = row
+            bar.set_postfix({k: f"{row[k]:.4g}" for k in ("meta_loss", "val_loss") if k in row})
+            if cfg.get("checkpoint_every") and (step + 1) % cfg["checkpoint_every"] == 0:
+                checkpoint(step + 1, row["seconds"])
+        seconds = time.perf_counter() - t0
+        checkpoint(meta["steps"], seconds)
+    finally:
+        bar.close()
+        logger.finish()
+    summary = {"meta_steps": meta["steps"], "seconds": seconds, "checkpoint": str(ckpt_path), **counters,
+               **{k: v for k, v in last.items() if k in ("meta_loss", "inner_loss", "val_loss")}}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _check_same_run(saved: dict, cfg: dict, path: Path) -> None:
+    a, b = _flatten(saved), _flatten(cfg)
+    diff = sorted(k for k in set(a) | set(b)
+                  if a.get(k) != b.get(k) and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES))
+    if diff:
+        details = "; ".join(f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in diff[:5])
+        raise CheckpointError(f"checkpoint {path} was written by a different configuration ({details}); "
+                              f"only {', '.join(RESUMABLE_CHANGES)} may change on resume")

@@ -1,0 +1,35 @@
+"""Learned update rules: ``nn.Module``s implementing :class:`baselines.base.UpdateRule`.
+
+Their ``nn.Parameter``s are the meta-parameters; ``init``/``update`` are pure and
+differentiable, so the same rule runs in a differentiable unroll (meta-training), under
+``torch.no_grad`` (evaluation) and behind :class:`baselines.adapter.RuleOptimizer`.
+
+    rule = make_learned_rule("lstm", hidden_size=20)
+    rule = LEARNED_RULES[name](**rule.config())      # rebuild (then ``load_state_dict``)
+
+Each rule has ``hparam_names = ("lr",)`` (``lr``: a plain float output multiplier, 1.0),
+``config()`` (its JSON-able constructor arguments) and ``numeric_hparams() -> False``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .hyper import LearnedAdam, LearnedSGD
+from .lstm import LSTMOptimizer, preprocess_gradient
+from .mlp import MLPOptimizer, reduce_dims, second_moment_normalize
+
+__all__ = ["LEARNED_RULES", "make_learned_rule", "LSTMOptimizer", "MLPOptimizer", "LearnedAdam",
+           "LearnedSGD", "preprocess_gradient", "reduce_dims", "second_moment_normalize"]
+
+LEARNED_RULES: dict[str, type[nn.Module]] = {
+    "lstm": LSTMOptimizer, "mlp": MLPOptimizer, "learned_adam": LearnedAdam, "learned_sgd": LearnedSGD,
+}
+
+
+def make_learned_rule(name: str, **kwargs: Any) -> nn.Module:
+    """Build a learned rule by its config name, e.g. ``make_learned_rule("mlp", hidden_sizes=[32, 32])``."""
+    if name not in LEARNED_RULES:
+        raise ValueError(f"unknown learned optimizer {name!r}; allowed: {', '.join(LEARNED_RULES)}")
+    return LEARNED_RULES[name](**kwargs)

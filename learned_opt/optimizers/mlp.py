@@ -1,0 +1,183 @@
+"""Per-parameter MLP optimizer in the style of Metz et al. (2019, 2020)
+(google/learned_optimization, ``learned_optimizers/mlp_lopt.py``).
+
+Per update, for every parameter tensor ``w`` with gradient ``g`` (``t`` = ``state["step"]``,
+the number of updates made before this one)::
+
+    m_d   <- d * m_d + (1 - d) * g                       for each decay d in ``decays``
+    feats  = [g, w, m_d1, ..., m_dk]                      (per coordinate)
+    feats <- feats / sqrt(mean_over_tensor(feats^2) + 1e-8)   (each feature normalised by its
+                                                          second moment over this tensor)
+    embed  = [tanh(t / s) for s in step_timescales]       (same for every coordinate)
+    d, m   = MLP([feats, embed])                          (per coordinate; ReLU hidden layers)
+    step   = d * exp(m * exp_mult) * step_mult
+    w     <- w - lr * step
+
+Sign convention: ``new = w - step``, so a positive ``d`` moves against the gradient-like
+features (as in mlp_lopt). The MLP has ``len(decays) + 2 + len(step_timescales)`` inputs
+(19 by default), ``hidden_sizes`` ReLU layers (32, 32) and 2 outputs.
+
+State (the :mod:`baselines.base` convention)::
+
+    {"step": int,
+     "momentum_<d>": {name: Tensor(param.shape)}, ...}   # one EMA of the gradient per decay,
+                                                         # key f"momentum_{d:g}", e.g. "momentum_0.9"
+
+Batched populations: the normalisation reduces over every dim of a tensor
+(:func:`reduce_dims`). Setting the attribute ``population_dim`` (e.g. ``rule.population_dim = 0``)
+makes it skip that dim, so params with a leading population dim behave as that many
+independent problems (the MLP itself is coordinatewise and needs no change).
+
+All coordinates of all tensors go through the MLP as one batch. Devices and dtypes:
+the state lives on the params' device in their dtype; the MLP weights are cast to the
+features' dtype inside ``update`` (a no-op when they agree; autograd flows through the
+cast), so a float32 rule can drive float64 params; for a float64 meta-gradient check,
+``.double()`` the rule. The weights must be on the params' device (``rule.to(device)``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from baselines.base import Params, State, check_keys, check_range
+
+__all__ = ["MLPOptimizer", "reduce_dims", "second_moment_normalize"]
+
+DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
+TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+NORM_EPS = 1e-8
+
+
+def reduce_dims(ndim: int, population_dim: int | None = None) -> tuple[int, ...]:
+    """The dims of an ``ndim``-dim tensor to reduce over: all, except ``population_dim`` when set."""
+    if population_dim is not None and not 0 <= population_dim < max(ndim, 1):
+        raise ValueError(f"population_dim={population_dim} is out of range for a {ndim}-dim tensor")
+    return tuple(d for d in range(ndim) if d != population_dim)
+
+
+def second_moment_normalize(x: Tensor, dims: tuple[int, ...], eps: float = NORM_EPS) -> Tensor:
+    """``x / sqrt(mean(x^2 over dims) + eps)``; with no dims (a scalar) the mean is ``x^2`` itself."""
+    sq = x * x
+    ms = sq.mean(dim=dims, keepdim=True) if dims else sq  # torch's mean(dim=()) would reduce everything
+    return x * torch.rsqrt(ms + eps)
+
+
+def _momentum_key(decay: float) -> str:
+    return f"momentum_{decay:g}"
+
+
+class MLPOptimizer(nn.Module):
+    """Per-parameter MLP learned optimizer; see the module docstring for the formulas.
+
+    Args:
+        hidden_sizes: widths of the ReLU hidden layers (``(32, 32)``).
+        decays: momentum decays, each in (0, 1), distinct.
+        step_timescales: the ``s`` of the step embeddings ``tanh(t / s)``, each > 0.
+        exp_mult, step_mult: output scalings (``1e-3`` each), each > 0.
+        lr: plain output multiplier (1.0); the one hyperparameter exposed to
+            :class:`baselines.adapter.RuleOptimizer`, so torch lr schedulers scale the steps.
+
+    Meta-parameters: ``layers`` (an ``nn.ModuleList`` of ``nn.Linear``), torch's default
+    initialisation drawn from torch's global RNG.
+    """
+
+    hparam_names = ("lr",)
+    population_dim: int | None = None  # set to skip a leading population dim in the normalisation
+
+    def __init__(self, hidden_sizes: Sequence[int] = (32, 32), decays: Sequence[float] = DECAYS,
+                 step_timescales: Sequence[float] = TIMESCALES, exp_mult: float = 1e-3,
+                 step_mult: float = 1e-3, lr: float = 1.0):
+        super().__init__()
+        hidden_sizes, decays, step_timescales = list(hidden_sizes), list(decays), list(step_timescales)
+        for i, h in enumerate(hidden_sizes):
+            if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
+                raise ValueError(f"hidden_sizes[{i}]={h!r} must be a positive integer")
+        if not decays:
+            raise ValueError("decays=[] must name at least one momentum decay in (0, 1)")
+        for i, d in enumerate(decays):
+            check_range(f"decays[{i}]", d, 0.0, 1.0, low_inclusive=False)
+        if len({_momentum_key(d) for d in decays}) != len(decays):
+            raise ValueError(f"decays={decays!r} must be distinct")
+        for i, s in enumerate(step_timescales):
+            check_range(f"step_timescales[{i}]", s, 0.0, low_inclusive=False)
+        check_range("exp_mult", exp_mult, 0.0, low_inclusive=False)
+        check_range("step_mult", step_mult, 0.0, low_inclusive=False)
+        check_range("lr", lr, 0.0)
+        self.hidden_sizes = [int(h) for h in hidden_sizes]
+        self.decays = [float(d) for d in decays]
+        self.step_timescales = [float(s) for s in step_timescales]
+        self.exp_mult, self.step_mult, self.lr = float(exp_mult), float(step_mult), float(lr)
+        self.num_features = 2 + len(self.decays)          # normalised per-coordinate features
+        sizes = [self.num_features + len(self.step_timescales), *self.hidden_sizes, 2]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    # ------------------------------------------------------------------ bookkeeping
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-able): ``type(self)(**self.config())`` rebuilds the rule."""
+        return {"hidden_sizes": list(self.hidden_sizes), "decays": list(self.decays),
+                "step_timescales": list(self.step_timescales), "exp_mult": self.exp_mult,
+                "step_mult": self.step_mult, "lr": self.lr}
+
+    def numeric_hparams(self) -> bool:
+        return False  # no in-place fast path: the adapter always calls the pure ``update``
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+    @property
+    def momentum_keys(self) -> list[str]:
+        return [_momentum_key(d) for d in self.decays]
+
+    # ------------------------------------------------------------------ features
+    def step_embedding(self, step: int, like: Tensor) -> Tensor:
+        """``[tanh(step / s) for s in step_timescales]`` in ``like``'s dtype and device."""
+        return torch.tensor([math.tanh(step / s) for s in self.step_timescales], dtype=like.dtype,
+                            device=like.device)
+
+    def features(self, grad: Tensor, param: Tensor, momenta: Sequence[Tensor]) -> Tensor:
+        """Normalised per-coordinate features of one tensor: shape ``(*param.shape, 2 + len(decays))``.
+
+        Order: gradient, parameter value, then the momenta in ``decays`` order; each one
+        divided by the root of its mean square over the tensor (:func:`reduce_dims`).
+        """
+        x = torch.stack([grad, param.to(grad.dtype), *momenta], dim=-1)
+        return second_moment_normalize(x, reduce_dims(x.dim() - 1, self.population_dim))
+
+    def mlp(self, x: Tensor) -> Tensor:
+        """The MLP on a batch of inputs ``(N, inputs)``: ``(N, 2)`` = (direction, magnitude)."""
+        for i, layer in enumerate(self.layers):
+            x = F.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+    # ------------------------------------------------------------------ the rule
+    def init(self, params: Params) -> State:
+        """Zero momenta, one buffer per decay."""
+        return {"step": 0, **{key: {k: torch.zeros_like(p) for k, p in params.items()}
+                              for key in self.momentum_keys}}
+
+    def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        check_keys(grads, params)
+        names, step = list(params), state["step"]
+        new_state: State = {"step": step + 1}
+        for key, d in zip(self.momentum_keys, self.decays):
+            new_state[key] = {k: d * m + (1 - d) * grads[k] for k, m in state[key].items()}
+        if not names:
+            return {}, new_state
+        # per-tensor normalised features, then every coordinate of every tensor as one batch
+        feats = torch.cat([self.features(grads[k], params[k], [new_state[key][k] for key in self.momentum_keys])
+                           .reshape(-1, self.num_features) for k in names])
+        embed = self.step_embedding(step, feats).expand(feats.shape[0], -1)
+        out = self.mlp(torch.cat([feats, embed], dim=-1))
+        direction, magnitude = out[:, 0], out[:, 1]
+        delta = direction * torch.exp(magnitude * self.exp_mult) * (self.step_mult * self.lr)
+
+        sizes = [params[k].numel() for k in names]
+        new_params = {k: params[k] - d.view(params[k].shape).to(params[k].dtype)
+                      for k, d in zip(names, delta.split(sizes))}
+        return new_params, new_state
