@@ -69,6 +69,9 @@ def _scalar(value: Any) -> float | None:
     raise TypeError(f"hyperparameter must be a number, a tensor or a schedule, got {type(value).__name__}")
 
 
+_CHECKS = True  # switched off only inside Rule.unchecked
+
+
 def check_range(name: str, value: Any, low: float, high: float = math.inf,
                 low_inclusive: bool = True, high_inclusive: bool = False) -> None:
     """Raise ``ValueError`` naming ``name``, its value and the allowed range.
@@ -76,7 +79,7 @@ def check_range(name: str, value: Any, low: float, high: float = math.inf,
     Schedules are checked when they are evaluated, not here. Tensors are
     checked on their current value (elementwise for non-scalar tensors).
     """
-    if is_schedule(value):
+    if is_schedule(value) or not _CHECKS:
         return
     if isinstance(value, Tensor) and value.numel() != 1:
         vals = value.detach().flatten().tolist()
@@ -92,6 +95,8 @@ def check_range(name: str, value: Any, low: float, high: float = math.inf,
 
 
 def check_betas(betas: Any) -> None:
+    if not _CHECKS:
+        return
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"betas={betas!r} must be a pair (beta1, beta2); allowed: each in [0, 1)")
     check_range("betas[0]", betas[0], 0.0, 1.0)
@@ -122,6 +127,17 @@ class Rule:
 
     hparam_names: tuple[str, ...] = ()
     schedulable: tuple[str, ...] = ("lr",)  # hyperparameters that may be schedules (callables of the step)
+
+    @classmethod
+    def unchecked(cls, **hparams: Any) -> "Rule":
+        """Build without range checks: for values valid by construction (e.g. the sigmoid of a
+        meta-parameter), where a check would only cost a host sync per update on a GPU."""
+        global _CHECKS
+        _CHECKS = False
+        try:
+            return cls(**hparams)
+        finally:
+            _CHECKS = True
 
     def hparams(self) -> dict[str, Any]:
         return {n: getattr(self, n) for n in self.hparam_names}

@@ -403,3 +403,11 @@ def test_cyclic_momentum_schedule_matches_torch_cycliclr_with_cycle_momentum():
     for k in ref:
         assert_rel_close(ours[-1][k], ref[k], RTOL, k)
         assert_rel_close(fast[-1][k], ref[k], RTOL, k)
+
+
+def test_unchecked_skips_validation_only_inside_the_call():
+    rule = B.Adam.unchecked(lr=torch.tensor(0.01), betas=(torch.tensor(0.9), torch.tensor(0.999)))
+    assert isinstance(rule, B.Adam) and rule.betas[0].item() == pytest.approx(0.9)
+    assert B.Adam.unchecked(lr=-1.0).lr == -1.0
+    with pytest.raises(ValueError, match="lr"):
+        B.Adam(lr=-1.0)  # checks are back on after the call

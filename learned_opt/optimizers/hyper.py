@@ -78,7 +78,7 @@ class LearnedAdam(nn.Module):
 
     def rule(self) -> Adam:
         """The hand-crafted Adam with the current (differentiable) hyperparameter values."""
-        return Adam(lr=self.lr * self.log_lr.exp(),
+        return Adam.unchecked(lr=self.lr * self.log_lr.exp(),
                     betas=(torch.sigmoid(self.logit_beta1), torch.sigmoid(self.logit_beta2)),
                     eps=self.log_eps.exp())
 
@@ -132,7 +132,7 @@ class LearnedSGD(nn.Module):
 
     def rule(self) -> SGD:
         """The hand-crafted SGD with the current (differentiable) schedule and momentum."""
-        return SGD(lr=self.learning_rate, momentum=torch.sigmoid(self.logit_momentum))
+        return SGD.unchecked(lr=self.learning_rate, momentum=torch.sigmoid(self.logit_momentum))
 
     def current_hparams(self) -> dict[str, float]:
         """Plain floats for logging: the schedule's first, last, min and max lr, and the momentum."""
