@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 import hydra
-import numpy as np
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from learned_opt.evaluation.plots import plot_curves
+from learned_opt.evaluation.plots import plot_meta_loss
 from learned_opt.meta import meta_train
 
 
@@ -37,18 +36,6 @@ def _expand_resume(argv: list[str]) -> list[str]:
     overrides = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.startswith(("resume=", "hydra.run.dir="))]
     rest = argv[1:i] + argv[i + 2:]
     return [argv[0], *overrides, *rest, f"hydra.run.dir={run_dir}", "resume=true"]
-
-
-def plot_meta_loss(run_dir: Path) -> Path | None:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if isinstance(r.get("meta_loss"), (int, float))]
-    if not rows:
-        return None
-    steps = [r["step"] for r in rows]
-    curves = {"meta-loss (per meta-step)": np.array([[r["meta_loss"] for r in rows]])}
-    fig = plot_curves(curves, run_dir / "meta_loss.png", title="meta-training: meta-loss per meta-step",
-                      xlabel="meta-step", ylabel="meta-loss (as configured)", logy=False, x=steps)
-    return fig
 
 
 @hydra.main(config_path="../configs", config_name="meta_train", version_base="1.3")

@@ -46,3 +46,32 @@ def test_compare_baselines_rejects_bad_config_before_work(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "unknown optimizer 'adamax'" in proc.stderr and "allowed" in proc.stderr
     assert not (run_dir / "table.md").exists()
+
+
+def test_meta_train_script_tiny_and_resume_alias(tmp_path):
+    run_dir = run_experiment("meta_train.py", tmp_path, "family=quadratic", "meta.steps=3", "meta.horizon=10",
+                             "meta.truncation=5", "meta.tasks_per_step=1", "validation.every=3", "validation.tasks=1",
+                             "validation.steps=10", "checkpoint_every=2")
+    assert (run_dir / "checkpoint.pt").exists() and (run_dir / "meta_loss.png").exists()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["meta_steps"] == 3 and summary["skipped_steps"] == 0
+    # --resume RUN_DIR replays the run's own overrides; a longer budget continues the same run
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "meta_train.py"), "--resume", str(run_dir),
+                           "meta.steps=5"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_quickstart_tiny(tmp_path):
+    run_dir = run_experiment("quickstart.py", tmp_path, "meta_steps=2", "eval_steps=8",
+                             'meta_train_overrides=["validation.every=0","meta.tasks_per_step=1"]',
+                             'evaluate_overrides=["seeds=[100,101]","tuning.budget=2","tuning.seeds=[0]",'
+                             '"~suite.digits_mlp_relu","~suite.digits_mlp_2layer"]')
+    md = (run_dir / "evaluate" / "summary.md").read_text()
+    names = [r[0] for r in table_rows(md.split("### digits_mlp_sigmoid")[1].split("###")[0])]
+    assert "mlp_lopt" in names and "adam@tuned" in names and "sgd@default" in names
+    assert (run_dir / "meta_train" / "checkpoint.pt").exists()
+    assert (run_dir / "evaluate" / "scores.png").exists()
+    assert list((run_dir / "evaluate" / "wandb_runs" / "wandb").glob("offline-run-*"))

@@ -49,3 +49,38 @@ def plot_curves(curves: Mapping[str, np.ndarray], path: str | Path, *, title: st
         plt.close(fig)
         return path
     return None
+
+
+def plot_meta_loss(run_dir: str | Path) -> Path | None:
+    """``meta_loss.png`` from a meta-training run's ``metrics.jsonl``: meta-loss per meta-step and,
+    where recorded, the validation loss on held-out tasks."""
+    import json
+    run_dir = Path(run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in rows if isinstance(r.get("meta_loss"), (int, float))]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.plot([r["step"] for r in train], [r["meta_loss"] for r in train], lw=1, alpha=0.6,
+            label="meta-loss of the meta-batch (training tasks)")
+    if len(train) >= 10:
+        k = max(5, len(train) // 20)
+        smooth = np.convolve([r["meta_loss"] for r in train], np.ones(k) / k, mode="valid")
+        ax.plot([r["step"] for r in train][k - 1:], smooth, lw=2, label=f"running mean over {k} meta-steps")
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel("meta-loss (as configured)")
+    val = [r for r in rows if isinstance(r.get("val_loss"), (int, float))]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color="C3",
+                 label="held-out tasks: mean training loss over a horizon")
+        ax2.set_ylabel("held-out mean training loss", color="C3")
+        ax2.legend(loc="upper center", fontsize=8)
+    ax.set_title("Meta-training")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path = run_dir / "meta_loss.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
