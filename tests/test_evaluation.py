@@ -139,3 +139,15 @@ def test_bad_config_fails_before_any_work(tmp_path, mutate, match, exc):
     with pytest.raises(exc, match=match):
         E.evaluate(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_suite_entry_may_set_its_own_budget(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["suite"]["quad"]["steps"] = 5
+    cfg["optimizers"] = {"adam": cfg["optimizers"]["adam"]}
+    E.evaluate(cfg, tmp_path)
+    rows = (tmp_path / "results.csv").read_text().splitlines()[1:]
+    per_task = {t: sum(1 for r in rows if r.split(",")[2] == t) for t in ("digits", "quad")}
+    assert per_task == {"digits": 2 * 2 * 12, "quad": 2 * 2 * 5}
+    trials = json.loads((tmp_path / "tuning" / "adam__quad.json").read_text())["trials"]
+    assert len(trials) == 2

@@ -28,7 +28,7 @@ from ..tasks import make_task
 from ..utils import atomic_write_text, resolve_device
 from . import metrics as M
 from .plots import plot_curves
-from .suite import OptimizerSpec, parse_optimizers, parse_suite, run_cell, tune
+from .suite import OptimizerSpec, budget, parse_optimizers, parse_suite, run_cell, task_kwargs, tune
 from .tables import markdown_table
 
 REFERENCE = "adam@tuned"  # the normalising reference, learned_optimization style
@@ -99,8 +99,8 @@ def evaluate(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
                 tuned[key] = tune(spec, suite[task_label], cfg, device,
                                   cache=run_dir / "tuning" / f"{spec.label}__{task_label}.json")
             hp = tuned[key]["best"]
-        task = make_task(**suite[task_label], device=device)
-        cell = run_cell(task, spec.build(device, hp), seed, cfg["steps"], device,
+        task = make_task(**task_kwargs(suite[task_label]), device=device)
+        cell = run_cell(task, spec.build(device, hp), seed, budget(suite[task_label], cfg), device,
                         eval_every=cfg.get("eval_every", 0), eval_examples=cfg.get("eval_examples"))
         cell["hparams"] = hp if hp is not None else (spec.hparams if not spec.learned else {})
         atomic_write_text(json.dumps(cell), path)
@@ -131,9 +131,9 @@ def _comparable(cfg: dict) -> dict:
 
 # --------------------------------------------------------------------------- summary
 def summarise(cells: dict, cols: list, suite: dict, cfg: dict) -> dict:
-    steps = cfg["steps"]
     out: dict[str, Any] = {"tasks": {}}
     for task in suite:
+        steps = budget(suite[task], cfg)
         ref_cells = sorted(cells.get((REFERENCE, task), []), key=lambda c: c["seed"])
         ref_auc = M.median_iqr([M.auc(c["train_loss"], steps) for c in ref_cells])[0] if ref_cells else math.nan
         ref_final = [c.get("final_train_loss_full", math.inf) for c in ref_cells]
@@ -167,13 +167,14 @@ def summarise(cells: dict, cols: list, suite: dict, cfg: dict) -> dict:
 
 def summary_markdown(summary: dict, suite: dict, cols: list, tuned: dict, cfg: dict) -> str:
     t = cfg["tuning"]
-    lines = [f"Budget: {cfg['steps']} steps; evaluation seeds {cfg['seeds']}; tuning: {t.get('method', 'grid')} "
+    lines = [f"Budget: {cfg['steps']} steps unless a task says otherwise; evaluation seeds {cfg['seeds']}; tuning: {t.get('method', 'grid')} "
              f"search, {t.get('budget', 8)} trials on seeds {t['seeds']}, objective {t.get('objective', 'final_val_loss')}"
              f" (validation split = {t.get('val_fraction', 0.2):.0%} of the training split). Each cell: median "
              f"[25th, 75th percentile] over seeds. score = mean training loss over the run / that of tuned Adam "
              f"(< 1 is better). W/T/L: seeds where the final training loss beats / ties / loses to tuned Adam.\n"]
     for task, res in summary["tasks"].items():
-        lines.append(f"### {task}\n\n`{suite[task]}`; target loss for steps-to-target: {res['target_loss']:.4g}\n")
+        lines.append(f"### {task}\n\n`{suite[task]}`, {budget(suite[task], cfg)} steps; target loss for "
+                     f"steps-to-target: {res['target_loss']:.4g}\n")
         rows = []
         for entry in res["ranking"]:
             r = res["rows"][entry]
@@ -220,9 +221,9 @@ def write_csv(cells: dict, cols: list, suite: dict, path: Path) -> None:
 # --------------------------------------------------------------------------- figures and W&B
 def make_figures(cells: dict, cols: list, suite: dict, summary: dict, run_dir: Path, cfg: dict) -> list[Path]:
     import matplotlib.pyplot as plt
-    steps = cfg["steps"]
     figs = []
     for task in suite:
+        steps = budget(suite[task], cfg)
         curves = {}
         for entry, _, _ in cols:
             cs = cells.get((entry, task), [])
@@ -289,8 +290,8 @@ def log_wandb(cells: dict, cols: list, suite: dict, summary: dict, md: str, figu
     wcfg = check_wandb_config(cfg.get("wandb"))
     if wcfg["mode"] == "disabled":
         return
-    steps = cfg["steps"]
     for task in suite:
+        steps = budget(suite[task], cfg)
         for entry, spec, variant in cols:
             cs = cells.get((entry, task))
             if not cs:
@@ -333,6 +334,7 @@ def log_wandb(cells: dict, cols: list, suite: dict, summary: dict, md: str, figu
                   table_rows)
         if log.wandb_run is not None:
             for task in suite:
+                steps = budget(suite[task], cfg)
                 names = [e for e, _, _ in cols if (e, task) in cells]
                 ys = [np.nanmedian(np.array([c["train_loss"][:steps] + [np.nan] * (steps - len(c["train_loss"]))
                                              for c in cells[(e, task)]]), axis=0).tolist() for e in names]

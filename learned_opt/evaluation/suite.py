@@ -101,8 +101,22 @@ def parse_optimizers(cfg: dict) -> list[OptimizerSpec]:
     return specs
 
 
+# Suite entries may carry these evaluation settings beside the task's own arguments.
+EVAL_KEYS = ("steps", "target_loss")
+
+
+def task_kwargs(spec: dict) -> dict:
+    """The ``make_task`` arguments of a suite entry (without its evaluation settings)."""
+    return {k: v for k, v in spec.items() if k not in EVAL_KEYS}
+
+
+def budget(spec: dict, cfg: dict) -> int:
+    """Inner steps for this suite entry: its own ``steps`` or the config's."""
+    return int(spec.get("steps", cfg["steps"]))
+
+
 def parse_suite(cfg: dict, device: torch.device) -> dict[str, dict]:
-    """Task label -> ``make_task`` kwargs; each is built once here so bad names fail before any work."""
+    """Task label -> suite entry; each task is built once here so bad names fail before any work."""
     if not cfg:
         raise ValueError("suite is empty: name at least one task")
     suite = {}
@@ -110,7 +124,9 @@ def parse_suite(cfg: dict, device: torch.device) -> dict[str, dict]:
         spec = dict(spec)
         if spec.get("name") not in TASKS:
             raise ValueError(f"suite.{label}.name: unknown task {spec.get('name')!r}; allowed: {', '.join(TASKS)}")
-        make_task(**spec, device=device)
+        if "steps" in spec and (not isinstance(spec["steps"], int) or spec["steps"] < 1):
+            raise ValueError(f"suite.{label}.steps={spec['steps']!r} must be an integer >= 1")
+        make_task(**task_kwargs(spec), device=device)
         suite[label] = spec
     return suite
 
@@ -120,6 +136,7 @@ def validation_task(spec: dict, device: torch.device, fraction: float, seed: int
 
     Data-free tasks (quadratics, surfaces) have no split: their tuning objective is the training loss.
     """
+    spec = task_kwargs(spec)
     task = make_task(**spec, device=device)
     ds: Dataset | None = getattr(task, "dataset", None)
     if ds is None:
@@ -209,12 +226,13 @@ def tune(spec: OptimizerSpec, task_spec: dict, cfg: dict, device: torch.device, 
     if objective not in TUNING_OBJECTIVES:
         raise ValueError(f"tuning.objective={objective!r} is not allowed; allowed: {', '.join(TUNING_OBJECTIVES)}")
     task = validation_task(task_spec, device, tcfg.get("val_fraction", 0.2), tcfg.get("split_seed", 0))
+    steps = budget(task_spec, cfg)
     trials = []
     for cand in candidates(spec.tune, tcfg.get("method", "grid"), int(tcfg.get("budget", 8)),
                            int(tcfg.get("seed", 0))):
         hp = {**spec.hparams, **cand}
-        scores = [tuning_score(run_cell(task, spec.build(device, hp), s, cfg["steps"], device),
-                               cfg["steps"], objective) for s in tcfg["seeds"]]
+        scores = [tuning_score(run_cell(task, spec.build(device, hp), s, steps, device), steps, objective)
+                  for s in tcfg["seeds"]]
         trials.append({"hparams": cand, "score": float(np.mean(scores))})
     finite = [t for t in trials if math.isfinite(t["score"])]
     best = min(finite, key=lambda t: t["score"]) if finite else {"hparams": {}, "score": math.inf}
