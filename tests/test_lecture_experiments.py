@@ -1,0 +1,177 @@
+"""The lecture's experiments (Adam paper figures, CLR, restarts + snapshot ensembles), end to end on tiny configs.
+
+Each script runs in a subprocess with tiny overrides (the structure of its outputs is checked, not the
+numbers); the snapshot ensemble and the range-test bounds are also checked directly.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONHASHSEED": "0"}
+
+
+def run_experiment(script: str, tmp_path: Path, *overrides: str, ok: bool = True,
+                   timeout: int = 300) -> tuple[Path, subprocess.CompletedProcess]:
+    run_dir = tmp_path / script.replace(".py", "")
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / script), f"hydra.run.dir={run_dir}",
+                           "threads=1", *overrides], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    if ok:
+        assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return run_dir, proc
+
+
+def tables(md: str) -> list[list[list[str]]]:
+    """Every markdown table in ``md`` as its list of body rows."""
+    out, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        if lines[i].startswith("|---"):
+            body, i = [], i + 1
+            while i < len(lines) and lines[i].startswith("|"):
+                body.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            out.append(body)
+        else:
+            i += 1
+    return out
+
+
+def assert_figure(path: Path, min_bytes: int = 20_000) -> None:
+    assert path.is_file(), f"missing {path.name}"
+    assert path.stat().st_size > min_bytes, f"{path.name} is only {path.stat().st_size} bytes"
+
+
+def assert_wandb_run(run_dir: Path) -> None:
+    assert list((run_dir / "wandb").glob("offline-run-*")), f"no offline W&B run under {run_dir / 'wandb'}"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"lecture_{name}", ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- end to end
+def test_adam_paper_tiny(tmp_path):
+    run_dir, _ = run_experiment("adam_paper.py", tmp_path, "dataset=digits", "hidden_sizes=[16,16]", "steps=12",
+                                "seeds=[100]", "tuning.budget=2", "eval_every=6", "progress=false")
+    md = (run_dir / "table.md").read_text()
+    per_task = tables(md)
+    assert len(per_task) == 2  # logreg and the MLP
+    for rows in per_task:
+        assert [r[0] for r in rows] == ["AdaGrad", "RMSProp", "SGDNesterov", "AdaDelta", "Adam"]
+        assert all(float(r[1]) > 0 for r in rows)  # the tuned lr
+    assert md.count("Lowest mean training cost") == 2
+    assert_figure(run_dir / "adam_paper.png")
+    assert (run_dir / "summary.md").is_file() and (run_dir / "results.csv").is_file()  # the shared evaluation's
+    results = json.loads((run_dir / "results.json").read_text())["results"]
+    assert set(results["tasks"]) == {"logreg", "mlp"}
+    assert_wandb_run(run_dir)
+
+
+def test_clr_tiny(tmp_path):
+    run_dir, proc = run_experiment("clr.py", tmp_path, "task.dataset=digits", "task.hidden_sizes=[16]",
+                                   "seeds=[100,101]", "range_test.num_steps=40", "clr.epochs_per_half_cycle=1",
+                                   "clr.cycles=1", "tuning.budget=2", "eval_every=4", "targets.test_accuracy=0.5")
+    md = (run_dir / "table.md").read_text()
+    (rows,) = tables(md)
+    assert [r[0].split(" ")[0] for r in rows] == ["Nesterov", "Adam", "Nesterov,"]
+    assert "CLR" in rows[0][0] and "fixed" in rows[2][0]
+    assert "Does Nesterov + CLR reach a lower loss / higher accuracy faster than Adam" in md
+    assert "Does Nesterov + CLR reach" in proc.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    rt = results["range_test"]
+    assert rt["suggested_min_lr"] < rt["suggested_max_lr"]
+    assert rt["clr_bounds"][0] < rt["clr_bounds"][1]
+    assert results["steps"] == 2 * results["step_size"] == 2 * results["steps_per_epoch"]  # 1 cycle, 1 epoch up
+    for v in results["variants"].values():
+        assert len(v["test_accuracy"]) == 2 and all(0 <= a <= 1 for a in v["test_accuracy"])
+    assert_figure(run_dir / "range_test.png")
+    assert_figure(run_dir / "clr.png")
+    assert_wandb_run(run_dir)
+
+
+def test_restarts_tiny(tmp_path):
+    run_dir, _ = run_experiment("restarts.py", tmp_path, "task.dataset=digits", "task.hidden_sizes=[16]",
+                                "seeds=[100,101]", "epochs=4", "sgdr.cycle_epochs=2", "plateau.patience=0")
+    md = (run_dir / "table.md").read_text()
+    test_rows, val_rows = tables(md)
+    names = [r[0] for r in test_rows]
+    assert names[:3] == ["(a) fixed lr", "(b) reduce-on-plateau", "(c) SGDR (last iterate)"]
+    assert sum(n.startswith("snapshot ") and "ensemble" not in n for n in names) == 2  # epochs / cycle_epochs
+    assert any(n.startswith("best single snapshot") for n in names)
+    assert any(n.startswith("snapshot ensemble (last 2 of 2") for n in names)
+    assert [r[0] for r in val_rows] == ["(a) fixed lr", "(b) reduce-on-plateau", "(c) SGDR (last iterate)"]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["snapshots"] == 2
+    for r in results["runs"]["plateau"]:
+        assert len(r["val_loss"]) == 5  # before training and after each of the 4 epochs
+    assert_figure(run_dir / "validation.png")
+    assert_figure(run_dir / "test_accuracy.png")
+    assert_wandb_run(run_dir)
+
+
+@pytest.mark.parametrize("script, override, message", [
+    ("clr.py", "clr.cycles=0", "clr.cycles=0"),
+    ("restarts.py", "sgdr.cycle_epochs=100", "sgdr.cycle_epochs=100 exceeds epochs"),
+])
+def test_bad_config_is_rejected_before_any_work(tmp_path, script, override, message):
+    run_dir, proc = run_experiment(script, tmp_path, override, ok=False, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not (run_dir / "table.md").exists() and not list(run_dir.glob("*.png"))
+
+
+# --------------------------------------------------------------------------- direct checks
+class _LinearTask:
+    """logits = x @ w: enough of a classification task for ``ensemble_probs``."""
+
+    def logits(self, params, x):
+        return x @ params["w"]
+
+
+def test_snapshot_ensemble_is_the_mean_of_softmax_outputs():
+    restarts = load_script("restarts")
+    x = torch.tensor([[1.0], [2.0]])
+    # snapshot 1: logits (0, ln 3) for x = 1 -> softmax (1/4, 3/4); for x = 2 -> (0, 2 ln 3) -> (1/10, 9/10)
+    # snapshot 2: logits (0, 0) -> (1/2, 1/2) for both
+    snaps = [{"w": torch.tensor([[0.0, math.log(3.0)]])}, {"w": torch.tensor([[0.0, 0.0]])}]
+    probs = restarts.ensemble_probs(_LinearTask(), snaps, x)
+    expected = torch.tensor([[(0.25 + 0.5) / 2, (0.75 + 0.5) / 2], [(0.1 + 0.5) / 2, (0.9 + 0.5) / 2]])
+    torch.testing.assert_close(probs, expected)
+    # averaging probabilities is not averaging logits: the logit average would give softmax(0, ln 3 / 2)
+    s = restarts.scores(probs, torch.tensor([1, 0]))
+    assert s["accuracy"] == 0.5
+    assert s["loss"] == pytest.approx(-(math.log(0.625) + math.log(0.3)) / 2)
+    single = restarts.ensemble_probs(_LinearTask(), snaps[:1], x)
+    torch.testing.assert_close(single, torch.softmax(x @ snaps[0]["w"], dim=1))
+
+
+def test_range_test_bounds_are_ordered_and_the_steps_go_through_unroll(monkeypatch):
+    clr = load_script("clr")
+    from learned_opt.tasks import make_task
+    task = make_task("mlp", dataset="digits", hidden_sizes=[16], activation="relu", batch_size=64)
+    calls = []
+    real = clr.unroll
+
+    def counting_unroll(*args, **kwargs):
+        calls.append(args[4])  # steps
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(clr, "unroll", counting_unroll)
+    res = clr.range_test(task, "nesterov", {"momentum": 0.9}, seed=0, device=torch.device("cpu"), progress=False,
+                         min_lr=1e-4, max_lr=10.0, num_steps=60, smooth=0.1)
+    assert 0 < res.suggested_min_lr < res.suggested_max_lr
+    assert all(a < b for a, b in zip(res.lrs, res.lrs[1:]))
+    assert calls and set(calls) == {1} and len(calls) == len(res.lrs)  # one unroll step per lr
+    assert res.smoothed[0] > min(res.smoothed)  # the loss fell somewhere in the range
