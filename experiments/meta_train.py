@@ -44,6 +44,8 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     resume = bool(config.pop("resume"))
     summary = meta_train(config, run_dir, resume=resume)
+    if summary.get("rank", 0) != 0:
+        return  # only rank 0 of a torchrun job writes to the run directory
     plot_meta_loss(run_dir)
     print(json.dumps(summary, indent=2))
 

@@ -16,6 +16,16 @@ step and why, ``result.losses`` holds the good steps before it, and the
 returned params and state are the last ones whose loss was finite (those of
 ``losses[-1]``; the initial ones if the first loss was bad). NaN is never
 propagated into the returned params.
+
+Populations (:class:`learned_opt.population.PopulationTask`): a task whose loss is a
+vector, one loss per independent member. The gradient is that of ``loss.sum()``
+(each member gets exactly its own gradient), ``result.losses`` has shape
+``(steps, N)``, the reference loss is per member (a float or an ``(N,)`` tensor may
+be given), and the divergence of ANY member stops the whole population at that
+step (``result.diverged_members`` lists the members that were bad). Stopping all
+members, rather than masking the bad one, keeps NaN out of every gradient: a
+masked member's NaN would still reach shared meta-parameters through the backward
+pass (0 * NaN = NaN). The divergence check is the loop's one host sync per step.
 """
 from __future__ import annotations
 
@@ -37,11 +47,13 @@ __all__ = ["unroll", "UnrollResult", "needs_graph"]
 class UnrollResult:
     params: Params
     state: State
-    losses: Tensor                      # (steps_done,) training loss at the params before each update
+    losses: Tensor                      # (steps_done,) training loss at the params before each update;
+                                        # (steps_done, N) for a population of N members
     diverged: bool = False
     diverged_at: int | None = None      # index of the step whose loss was bad (its update was not applied)
     reason: str | None = None
     records: list[dict[str, Any]] = field(default_factory=list)  # what ``callback`` returned
+    diverged_members: list[int] | None = None  # populations: the members whose loss was bad
 
     @property
     def steps_done(self) -> int:
@@ -70,18 +82,20 @@ def needs_graph(rule: UpdateRule, params: Params, state: State | None = None) ->
 
 
 def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: int,
-           generator: torch.Generator, *, differentiable: bool | None = None, first_order: bool = False,
-           divergence_factor: float = 1e3, reference_loss: float | None = None,
+           generator: Any, *, differentiable: bool | None = None, first_order: bool = False,
+           divergence_factor: float = 1e3, reference_loss: float | Tensor | None = None,
            callback: Callable[[int, Params, Tensor], dict[str, Any] | None] | None = None,
            callback_every: int = 0, progress: bool | str = False) -> UnrollResult:
     """Run ``steps`` updates of ``rule`` on ``task`` from ``(params, state)``.
 
     Args:
-        generator: source of the training batches (drawn with ``task.sample_batch``).
+        generator: source of the training batches (drawn with ``task.sample_batch``): a
+            ``torch.Generator``, or one per member for a population.
         differentiable: keep the graph through the updates; ``None`` decides with :func:`needs_graph`.
         first_order: with ``differentiable``, drop second-order terms (gradients are constants).
         divergence_factor: a loss above ``divergence_factor * reference_loss`` counts as divergence.
-        reference_loss: defaults to the loss at the first step of this call.
+        reference_loss: defaults to the loss at the first step of this call (per member for a
+            population: a float for all, or a tensor of shape ``(N,)``).
         callback: ``callback(step, params, loss)`` every ``callback_every`` steps (and after the last
             update, with ``step == steps``); its returned dicts are collected in ``result.records``.
         progress: show a tqdm bar (a string is used as its description).
@@ -113,21 +127,38 @@ def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: in
             p = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
             loss = task.loss(p, batch)
             # first order: the gradient is a constant, but the loss keeps its graph for the meta-loss
-            grads = torch.autograd.grad(loss, list(p.values()), create_graph=not first_order,
+            grads = torch.autograd.grad(_total(loss), list(p.values()), create_graph=not first_order,
                                         retain_graph=True)
         else:
             with torch.enable_grad():
                 p = {k: v.detach().requires_grad_() for k, v in params.items()}
                 loss = task.loss(p, batch)
-                grads = torch.autograd.grad(loss, list(p.values()))
+                grads = torch.autograd.grad(_total(loss), list(p.values()))
             loss = loss.detach()
-        value = float(loss.detach())  # one host sync per step: the divergence check needs it
-        if ref is None:
-            ref = value
-        if not math.isfinite(value) or value > divergence_factor * max(abs(ref), 1e-12):
-            why = "non-finite loss" if not math.isfinite(value) else \
-                f"loss {value:.4g} > {divergence_factor:g} x reference {ref:.4g}"
-            return UnrollResult(*last_good, _stack(losses, params), True, step, why, records)
+        if loss.dim() == 0:
+            value = float(loss.detach())  # one host sync per step: the divergence check needs it
+            if ref is None:
+                ref = value
+            if not math.isfinite(value) or value > divergence_factor * max(abs(ref), 1e-12):
+                why = "non-finite loss" if not math.isfinite(value) else \
+                    f"loss {value:.4g} > {divergence_factor:g} x reference {ref:.4g}"
+                return UnrollResult(*last_good, _stack(losses, params, task), True, step, why, records)
+        else:  # a population: per-member reference, any bad member stops all (one host sync)
+            value = loss.detach()
+            if ref is None:
+                ref = value.clone()
+            elif not isinstance(ref, Tensor) or ref.device != value.device:
+                ref = torch.as_tensor(ref, dtype=value.dtype).to(value.device).expand_as(value)
+            bad = ~torch.isfinite(value) | (value > divergence_factor * ref.abs().clamp_min(1e-12))
+            if bool(bad.any()):
+                members = bad.nonzero().flatten().tolist()
+                i = members[0]
+                v, r = float(value[i]), float(ref[i])
+                why = (f"member {i}: non-finite loss" if not math.isfinite(v) else
+                       f"member {i}: loss {v:.4g} > {divergence_factor:g} x reference {r:.4g}")
+                if len(members) > 1:
+                    why += f" ({len(members)} members bad: {members})"
+                return UnrollResult(*last_good, _stack(losses, params, task), True, step, why, records, members)
         last_good = (params, state)
         if callback is not None and callback_every and step % callback_every == 0:
             record(step, params, loss)
@@ -140,11 +171,17 @@ def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: in
         losses.append(loss)
     if callback is not None and callback_every:
         record(steps, params, losses[-1] if losses else torch.tensor(float("nan")))
-    return UnrollResult(params, state, _stack(losses, params), False, None, None, records)
+    return UnrollResult(params, state, _stack(losses, params, task), False, None, None, records)
 
 
-def _stack(losses: list[Tensor], params: Params) -> Tensor:
+def _total(loss: Tensor) -> Tensor:
+    """What is differentiated: the loss, or the sum of a population's independent member losses."""
+    return loss if loss.dim() == 0 else loss.sum()
+
+
+def _stack(losses: list[Tensor], params: Params, task: Task | None = None) -> Tensor:
     if losses:
         return torch.stack(losses)
     device = next(iter(params.values())).device if params else None
-    return torch.zeros(0, device=device)
+    n = getattr(task, "population_size", None)
+    return torch.zeros((0, n) if n else 0, device=device)

@@ -257,3 +257,19 @@ def test_loaded_learned_optimizer_trains_a_conv_net_through_the_adapter(tmp_path
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+
+
+def test_best_checkpoint_holds_the_lowest_validation_loss(tmp_path):
+    cfg = cfg_with(meta__steps=8, meta__lr=0.2, validation={"every": 1, "tasks": 2, "steps": 20})
+    summary = meta_train(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    vals = [(r["val_loss"], r["step"]) for r in rows if r.get("val_loss") is not None]
+    assert len(vals) == 8
+    best_val, best_step = min(vals)
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["meta_step"] == best_step == summary["best_meta_step"]
+    assert ckpt["val_loss"] == pytest.approx(best_val)
+    # the saved meta-parameters really score that validation loss again
+    again = T.validation_loss(learned_opt.load(tmp_path / "best.pt"), make_family("quadratic_family", dim=10),
+                              cfg, torch.device("cpu"))
+    assert again == pytest.approx(best_val, rel=1e-6)

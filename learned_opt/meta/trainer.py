@@ -14,6 +14,13 @@ Checkpoints (``checkpoint.pt`` in the run directory) every
 meta-optimizer state, the step, the config, every RNG state and the inner
 problems in flight, so ``resume=True`` continues exactly where the run stopped
 (bit-for-bit on CPU). Metrics go to ``metrics.jsonl`` and to W&B.
+
+Scaling options: ``meta.population`` (unroll that many tasks at once as one batched
+population), ``meta.checkpoint_segments`` (gradient checkpointing over segments of a
+truncation; see :mod:`~learned_opt.meta.truncated`) and ``distributed`` (data-parallel
+workers started by ``torchrun``; see :mod:`~learned_opt.meta.distributed`: the
+meta-gradient is averaged over all workers' tasks before clipping, rank 0 validates,
+logs and writes the checkpoints).
 """
 from __future__ import annotations
 
@@ -32,11 +39,13 @@ from ..tasks import make_family
 from ..unroll import unroll
 from ..utils import generator, resolve_device
 from .checkpoint import CheckpointError, load_checkpoint, rule_from_checkpoint, save_checkpoint
+from .distributed import (DistContext, all_gather_objects, all_reduce_estimate, broadcast_parameters,
+                          init_distributed, shutdown)
 from .truncated import TruncatedBPTT
 
 META_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 # Config entries that may differ between a checkpoint and the run that resumes it.
-RESUMABLE_CHANGES = ("meta.steps", "checkpoint_every", "wandb", "progress", "device")
+RESUMABLE_CHANGES = ("meta.steps", "meta.checkpoint_segments", "checkpoint_every", "wandb", "progress", "device")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -58,6 +67,17 @@ def check_config(cfg: dict) -> None:
             raise ValueError(f"meta.{key}={meta.get(key)!r} must be an integer >= 1")
     if meta["truncation"] > meta["horizon"]:
         raise ValueError(f"meta.truncation={meta['truncation']} must be <= meta.horizon={meta['horizon']}")
+    population = meta.get("population", 1)
+    if isinstance(population, bool) or not isinstance(population, int) or population < 1 \
+            or meta["tasks_per_step"] % population:
+        raise ValueError(f"meta.population={population!r} must be an integer >= 1 that divides "
+                         f"meta.tasks_per_step={meta['tasks_per_step']} (tasks are unrolled in groups of that size)")
+    segments = meta.get("checkpoint_segments", 1)
+    if isinstance(segments, bool) or not isinstance(segments, int) or not 1 <= segments <= meta["truncation"]:
+        raise ValueError(f"meta.checkpoint_segments={segments!r} must be an integer in "
+                         f"[1, meta.truncation={meta['truncation']}] (1: no gradient checkpointing)")
+    if not isinstance(cfg.get("distributed", False), bool):
+        raise ValueError(f"distributed={cfg.get('distributed')!r} must be true or false")
     if meta.get("optimizer", "adam") not in META_OPTIMIZERS:
         raise ValueError(f"meta.optimizer={meta.get('optimizer')!r} is not allowed; "
                          f"allowed: {', '.join(META_OPTIMIZERS)}")
@@ -93,12 +113,36 @@ def validation_loss(rule: nn.Module, family, cfg: dict, device: torch.device) ->
     return sum(losses) / n if n else float("nan")
 
 
+class _NoLogger:
+    """What workers other than rank 0 log to: nothing."""
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
 def meta_train(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
-    """Meta-train ``cfg["optimizer"]`` on ``cfg["family"]``; returns a summary dict."""
+    """Meta-train ``cfg["optimizer"]`` on ``cfg["family"]``; returns a summary dict.
+
+    With ``cfg["distributed"]`` true, this is one worker of a ``torchrun`` job: it joins the
+    process group (gloo on CPU, nccl on CUDA) and leaves it at the end. Only rank 0 writes
+    to ``run_dir``; every worker returns the summary (with ``rank`` and ``world_size``).
+    """
     check_config(cfg)
-    run_dir = Path(run_dir)
+    ctx = init_distributed(cfg.get("device", "cpu")) if cfg.get("distributed", False) else None
+    try:
+        return _meta_train(cfg, Path(run_dir), resume, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None) -> dict:
     ckpt_path = run_dir / "checkpoint.pt"
-    device = resolve_device(cfg.get("device", "cpu"))
+    device = ctx.device if ctx is not None else resolve_device(cfg.get("device", "cpu"))
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
+    main = rank == 0
     meta = cfg["meta"]
     family_cfg = dict(cfg["family"])
     family = make_family(family_cfg.pop("name"), device=device, **family_cfg)
@@ -108,16 +152,22 @@ def meta_train(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
                               num_tasks=meta["tasks_per_step"], device=device,
                               generator=generator(cfg["seed"]), first_order=meta.get("first_order", False),
                               meta_loss=meta.get("meta_loss", "mean"),
-                              divergence_factor=meta.get("divergence_factor", 1e3))
+                              divergence_factor=meta.get("divergence_factor", 1e3),
+                              population=meta.get("population", 1),
+                              checkpoint_segments=meta.get("checkpoint_segments", 1),
+                              slot_offset=rank * meta["tasks_per_step"])
     start, counters, elapsed_before = 0, {"diverged_truncations": 0, "skipped_steps": 0}, 0.0
     if resume:
         if not ckpt_path.exists():
             raise CheckpointError(f"resume=true but there is no checkpoint at {ckpt_path}")
         ckpt = load_checkpoint(ckpt_path)
         _check_same_run(json.loads(ckpt["config"]), cfg, ckpt_path)
+        if int(ckpt.get("world_size", 1)) != world:
+            raise CheckpointError(f"checkpoint {ckpt_path} was written by {ckpt.get('world_size', 1)} workers; "
+                                  f"resume it with the same number (now {world})")
         rule.load_state_dict(rule_from_checkpoint(ckpt, ckpt_path).state_dict())
         meta_opt.load_state_dict(ckpt["meta_opt"])
-        estimator.load_state_dict(ckpt["estimator"], rule)
+        estimator.load_state_dict(ckpt["estimator_ranks"][rank] if ctx is not None else ckpt["estimator"], rule)
         torch.set_rng_state(ckpt["torch_rng"])
         start, counters = int(ckpt["meta_step"]), dict(ckpt["counters"])
         elapsed_before = float(ckpt.get("seconds", 0.0))
@@ -125,16 +175,25 @@ def meta_train(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
         raise CheckpointError(f"{ckpt_path} already exists: pass resume=true to continue it, "
                               f"or choose another run directory (nothing was overwritten)")
 
+    if ctx is not None:
+        broadcast_parameters(rule)  # equal already (same seed or checkpoint); this makes sure
+
     def checkpoint(step: int, seconds: float) -> None:
-        save_checkpoint(ckpt_path, rule, step, cfg, meta_opt=meta_opt.state_dict(),
-                        estimator=estimator.state_dict(), torch_rng=torch.get_rng_state(),
-                        counters=counters, seconds=seconds)
+        extra = {}
+        if ctx is not None:  # every worker's inner problems, so that the run resumes exactly
+            states = all_gather_objects(estimator.state_dict())
+            extra = {"estimator_ranks": states, "world_size": world}
+        if main:
+            save_checkpoint(ckpt_path, rule, step, cfg, meta_opt=meta_opt.state_dict(),
+                            estimator=estimator.state_dict(), torch_rng=torch.get_rng_state(),
+                            counters=counters, seconds=seconds, **extra)
 
     logger = RunLogger(run_dir, cfg.get("wandb"), name=f"meta_train-{cfg['optimizer']['name']}",
-                       group="meta_train", tags=[cfg["optimizer"]["name"]], config=cfg, job_type="meta_train")
+                       group="meta_train", tags=[cfg["optimizer"]["name"]], config=cfg,
+                       job_type="meta_train") if main else _NoLogger()
     from tqdm.auto import tqdm
     bar = tqdm(range(start, meta["steps"]), initial=start, total=meta["steps"], desc="meta-train",
-               disable=not cfg.get("progress", True))
+               disable=not (main and cfg.get("progress", True)))
     t0 = time.perf_counter() - elapsed_before
     val_every = int((cfg.get("validation") or {}).get("every", 0))
     last = {}
@@ -142,6 +201,8 @@ def meta_train(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
         for step in bar:
             meta_opt.zero_grad(set_to_none=True)
             est = estimator.estimate(rule)
+            if ctx is not None:  # the mean over every worker's tasks, before clipping
+                est = all_reduce_estimate(est, [p for p in rule.parameters() if p.requires_grad], device)
             counters["diverged_truncations"] += est.diverged
             row: dict[str, Any] = {"diverged_truncations": counters["diverged_truncations"],
                                    "tasks_counted": est.counted}
@@ -155,8 +216,13 @@ def meta_train(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
                 meta_opt.step()
                 row.update(meta_loss=est.meta_loss, inner_loss=est.inner_loss, grad_norm=float(norm))
             row["skipped_steps"] = counters["skipped_steps"]
-            if val_every and ((step + 1) % val_every == 0 or step + 1 == meta["steps"]):
+            if main and val_every and ((step + 1) % val_every == 0 or step + 1 == meta["steps"]):
                 row["val_loss"] = validation_loss(rule, family, cfg, device)
+                best = counters.get("best_val_loss", math.inf)
+                if math.isfinite(row["val_loss"]) and row["val_loss"] < best:
+                    # validation is noisy: keep the best meta-parameters seen, beside the last ones
+                    counters.update(best_val_loss=row["val_loss"], best_meta_step=step + 1)
+                    save_checkpoint(run_dir / "best.pt", rule, step + 1, cfg, val_loss=row["val_loss"])
             row["seconds"] = time.perf_counter() - t0
             logger.log(row, step=step + 1)
             last = row
@@ -169,13 +235,21 @@ def meta_train(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
         bar.close()
         logger.finish()
     summary = {"meta_steps": meta["steps"], "seconds": seconds, "checkpoint": str(ckpt_path), **counters,
+               **({"best_checkpoint": str(run_dir / "best.pt")} if "best_val_loss" in counters else {}),
                **{k: v for k, v in last.items() if k in ("meta_loss", "inner_loss", "val_loss")}}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if ctx is not None:
+        summary.update(rank=rank, world_size=world)
+    if main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
+# Keys added after checkpoints were first written, with the value that older runs implicitly had.
+ADDED_KEYS = {"distributed": False, "meta.population": 1, "meta.checkpoint_segments": 1}
+
+
 def _check_same_run(saved: dict, cfg: dict, path: Path) -> None:
-    a, b = _flatten(saved), _flatten(cfg)
+    a, b = {**ADDED_KEYS, **_flatten(saved)}, {**ADDED_KEYS, **_flatten(cfg)}
     diff = sorted(k for k in set(a) | set(b)
                   if a.get(k) != b.get(k) and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES))
     if diff:

@@ -155,8 +155,8 @@ class LSTMOptimizer(nn.Module):
         delta = out * (self.output_scale * self.lr)                                # (N,)
 
         sizes = [params[k].numel() for k in names]
-        new_params = {k: w + d.view(w.shape).to(w.dtype)
-                      for k, w, d in zip(names, (params[k] for k in names), delta.split(sizes))}
+        new_params = {k: params[k] + d.view(params[k].shape).to(params[k].dtype)
+                      for k, d in zip(names, delta.split(sizes))}
         new_state: State = {"step": state["step"] + 1}
         for b, t in zip(BUFFERS, (h0, c0, h1, c1)):
             new_state[b] = {k: part.view(*params[k].shape, H).to(params[k].dtype)
