@@ -37,14 +37,14 @@ from tqdm.auto import tqdm
 
 from baselines import RULES, CyclicLR, RangeTestResult, lr_range_test, make_rule
 from learned_opt.evaluation import metrics as M
-from learned_opt.evaluation.plots import plot_curves
+from learned_opt.evaluation.plots import plot_curves, save_figure
 from learned_opt.evaluation.suite import TUNING_METHODS, TUNING_OBJECTIVES, OptimizerSpec, run_cell, tune
 from learned_opt.evaluation.tables import markdown_table
 from learned_opt.runlog import RunLogger, check_wandb_config
 from learned_opt.tasks import make_task
 from learned_opt.tasks.base import Task
 from learned_opt.unroll import unroll
-from learned_opt.utils import atomic_write_text, generator, resolve_device
+from learned_opt.utils import atomic_write_text, check_int, check_run_config, generator
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -54,12 +54,6 @@ BANDS = ("iqr", "minmax")
 
 
 # --------------------------------------------------------------------------- config
-def _int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-    return value
-
-
 def _num(name: str, value, low: float = 0.0, high: float = math.inf, high_open: bool = False) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
         value > low and (value < high if high_open else value <= high)
@@ -76,12 +70,8 @@ def _lr_range(name: str, value) -> list[float]:
 
 def check_config(cfg: dict) -> tuple[torch.device, Task]:
     """Validate every field before any work; returns the device and the built task."""
-    device = resolve_device(cfg["device"])
-    if cfg["threads"] is not None:
-        _int("threads", cfg["threads"])
+    device = check_run_config(cfg)
     seeds = cfg["seeds"]
-    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"seeds={seeds!r} must be a non-empty list of distinct integers")
     tcfg = cfg["tuning"]
     if set(seeds) & set(tcfg["seeds"]) or cfg["range_test"]["seed"] in seeds:
         raise ValueError(f"tuning.seeds {tcfg['seeds']} and range_test.seed {cfg['range_test']['seed']} must not "
@@ -91,28 +81,28 @@ def check_config(cfg: dict) -> tuple[torch.device, Task]:
     if tcfg["objective"] not in TUNING_OBJECTIVES:
         raise ValueError(f"tuning.objective={tcfg['objective']!r} is not allowed; "
                          f"allowed: {', '.join(TUNING_OBJECTIVES)}")
-    _int("tuning.budget", tcfg["budget"], 2)
+    check_int("tuning.budget", tcfg["budget"], 2)
     _num("tuning.val_fraction", tcfg["val_fraction"], 0.0, 1.0, high_open=True)
     if not tcfg["seeds"]:
         raise ValueError("tuning.seeds is empty: give at least one tuning seed")
-    _int("eval_every", cfg["eval_every"])
+    check_int("eval_every", cfg["eval_every"])
     if cfg["eval_examples"] is not None:
-        _int("eval_examples", cfg["eval_examples"])
+        check_int("eval_examples", cfg["eval_examples"])
     rt = cfg["range_test"]
     if rt["rule"] not in RULES:
         raise ValueError(f"range_test.rule: unknown optimizer {rt['rule']!r}; allowed: {', '.join(RULES)}")
     _num("range_test.min_lr", rt["min_lr"])
     if not rt["max_lr"] > rt["min_lr"]:
         raise ValueError(f"range_test.max_lr={rt['max_lr']!r} must exceed range_test.min_lr={rt['min_lr']!r}")
-    _int("range_test.num_steps", rt["num_steps"], 2)
+    check_int("range_test.num_steps", rt["num_steps"], 2)
     if rt["mode"] not in ("exp", "linear"):
         raise ValueError(f"range_test.mode={rt['mode']!r} is not allowed; allowed: exp, linear")
     _num("range_test.smooth", rt["smooth"], 0.0, 1.0)
     _num("range_test.diverge_factor", rt["diverge_factor"], 1.0)
     make_rule(rt["rule"], lr=rt["min_lr"], momentum=rt["momentum"])
     c = cfg["clr"]
-    _int("clr.epochs_per_half_cycle", c["epochs_per_half_cycle"])
-    _int("clr.cycles", c["cycles"])
+    check_int("clr.epochs_per_half_cycle", c["epochs_per_half_cycle"])
+    check_int("clr.cycles", c["cycles"])
     _num("clr.max_lr_factor", c["max_lr_factor"])
     CyclicLR(1e-3, 1e-2, 1, mode=c["mode"], gamma=c["gamma"], cycle_momentum=c["cycle_momentum"],
              base_momentum=c["base_momentum"], max_momentum=c["max_momentum"])  # raises on bad values
@@ -125,9 +115,9 @@ def check_config(cfg: dict) -> tuple[torch.device, Task]:
     make_rule("nesterov", lr=1e-3, momentum=cfg["fixed"]["momentum"])
     _num("targets.test_accuracy", cfg["targets"]["test_accuracy"], 0.0, 1.0)
     _num("targets.train_loss", cfg["targets"]["train_loss"])
-    _int("targets.smooth", cfg["targets"]["smooth"])
-    _int("figure.smooth", cfg["figure"]["smooth"])
-    _int("figure.dpi", cfg["figure"]["dpi"])
+    check_int("targets.smooth", cfg["targets"]["smooth"])
+    check_int("figure.smooth", cfg["figure"]["smooth"])
+    check_int("figure.dpi", cfg["figure"]["dpi"])
     if cfg["figure"]["band"] not in BANDS:
         raise ValueError(f"figure.band={cfg['figure']['band']!r} is not allowed; allowed: {', '.join(BANDS)}")
     check_wandb_config(cfg["wandb"])
@@ -246,10 +236,7 @@ def plot_range_test(res: RangeTestResult, base_lr: float, max_lr: float, path: P
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_comparison(runs: dict, steps: int, schedules: dict, cycle_ends: list[int], bounds: tuple[float, float],
@@ -294,10 +281,7 @@ def plot_comparison(runs: dict, steps: int, schedules: dict, cycle_ends: list[in
         for e in cycle_ends:
             ax.axvline(e + 1, color="C0", lw=0.6, ls=":", alpha=0.6)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- main

@@ -43,14 +43,14 @@ from tqdm.auto import tqdm
 
 from baselines import CosineWarmRestarts, ReduceOnPlateau, SnapshotCollector, make_rule
 from baselines.base import Params, resolve
-from learned_opt.evaluation.plots import plot_curves
+from learned_opt.evaluation.plots import plot_curves, save_figure
 from learned_opt.evaluation.suite import validation_task
 from learned_opt.evaluation.tables import markdown_table, mean_std
 from learned_opt.runlog import RunLogger, check_wandb_config
 from learned_opt.tasks import make_task
 from learned_opt.tasks.base import Task
 from learned_opt.unroll import unroll
-from learned_opt.utils import atomic_write_text, generator, resolve_device
+from learned_opt.utils import atomic_write_text, check_int, check_run_config, generator
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -63,27 +63,16 @@ CHUNK = 8192  # test examples per forward pass
 
 
 # --------------------------------------------------------------------------- config
-def _int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-    return value
-
-
 def check_config(cfg: dict) -> tuple[torch.device, Task, Task]:
     """Validate every field before any work; returns the device, the full task and its validation version."""
-    device = resolve_device(cfg["device"])
-    if cfg["threads"] is not None:
-        _int("threads", cfg["threads"])
-    seeds = cfg["seeds"]
-    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"seeds={seeds!r} must be a non-empty list of distinct integers")
-    _int("epochs", cfg["epochs"])
+    device = check_run_config(cfg)
+    check_int("epochs", cfg["epochs"])
     if cfg["rule"] not in RULES_ALLOWED:
         raise ValueError(f"rule={cfg['rule']!r} is not allowed; allowed: {', '.join(RULES_ALLOWED)}")
     make_rule(cfg["rule"], lr=cfg["fixed"]["lr"], momentum=cfg["momentum"])
     ReduceOnPlateau(**cfg["plateau"])
     s = cfg["sgdr"]
-    _int("sgdr.cycle_epochs", s["cycle_epochs"])
+    check_int("sgdr.cycle_epochs", s["cycle_epochs"])
     CosineWarmRestarts(s["lr"], 1, T_mult=s["T_mult"], eta_min=s["eta_min"])
     if s["eta_min"] > s["lr"]:
         raise ValueError(f"sgdr.eta_min={s['eta_min']!r} must not exceed sgdr.lr={s['lr']!r}")
@@ -91,15 +80,15 @@ def check_config(cfg: dict) -> tuple[torch.device, Task, Task]:
         raise ValueError(f"sgdr.cycle_epochs={s['cycle_epochs']} exceeds epochs={cfg['epochs']}: no cycle would end, "
                          f"so there would be no snapshot")
     if cfg["ensemble"]["last"] is not None:
-        _int("ensemble.last", cfg["ensemble"]["last"])
+        check_int("ensemble.last", cfg["ensemble"]["last"])
     if not (isinstance(cfg["val_fraction"], float) and 0 < cfg["val_fraction"] < 1):
         raise ValueError(f"val_fraction={cfg['val_fraction']!r} must be a number in (0, 1)")
-    _int("split_seed", cfg["split_seed"], 0)
+    check_int("split_seed", cfg["split_seed"], 0)
     if cfg["eval_examples"] is not None:
-        _int("eval_examples", cfg["eval_examples"])
+        check_int("eval_examples", cfg["eval_examples"])
     if cfg["figure"]["band"] not in BANDS:
         raise ValueError(f"figure.band={cfg['figure']['band']!r} is not allowed; allowed: {', '.join(BANDS)}")
-    _int("figure.dpi", cfg["figure"]["dpi"])
+    check_int("figure.dpi", cfg["figure"]["dpi"])
     check_wandb_config(cfg["wandb"])
     task = make_task(**cfg["task"], device=device)
     if not task.is_classifier or not hasattr(task, "logits"):
@@ -215,10 +204,7 @@ def plot_validation(runs: dict, epochs: int, spe: int, sgdr_sched: CosineWarmRes
     ax_lr.grid(True, which="both", alpha=0.3)
     ax_lr.legend(fontsize=8, loc="upper center", ncol=3, framealpha=0.9)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_accuracy_bars(bars: dict[str, list[float]], path: Path, title: str, dpi: int) -> Path:
@@ -249,10 +235,7 @@ def plot_accuracy_bars(bars: dict[str, list[float]], path: Path, title: str, dpi
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(handles=[Patch(color="grey", alpha=0.6, label="bar: mean ± std over seeds (value above)"),
                        Line2D([], [], color="k", marker=".", ls="", label="one seed")], fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- main

@@ -11,8 +11,6 @@ Measurements of the two optimizers are interleaved so that machine noise hits bo
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +19,8 @@ import torch
 from torch import nn
 
 import baselines as B
+
+from common import emit, machine_line, write_table
 
 CASES = {
     "sgd-momentum": (lambda: B.SGD(lr=1e-2, momentum=0.9),
@@ -58,8 +58,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the table to OUT/table.md")
     args = ap.parse_args()
     device = torch.device(args.device)
-    lines = [f"Machine: {platform.machine()} with {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, device {device}. Median of {args.rounds} x {args.repeats} steps.\n",
+    lines = [f"{machine_line(device)} Median of {args.rounds} x {args.repeats} steps.\n",
              "| model | optimizer | ours (us) | torch default (us) | torch foreach (us) | ours/default | ours/foreach |",
              "|---|---|---|---|---|---|---|"]
     print("\n".join(lines))
@@ -81,12 +80,9 @@ def main() -> None:
                 for k, opt in opts.items():
                     samples[k] += median_step_time(opt, args.repeats)
             med = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
-            lines.append(f"| {mname} | {oname} | {med['ours']:.0f} | {med['default']:.0f} | {med['foreach']:.0f} | "
-                         f"{med['ours'] / med['default']:.2f} | {med['ours'] / med['foreach']:.2f} |")
-            print(lines[-1])
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+            emit(lines, f"| {mname} | {oname} | {med['ours']:.0f} | {med['default']:.0f} | {med['foreach']:.0f} | "
+                        f"{med['ours'] / med['default']:.2f} | {med['ours'] / med['foreach']:.2f} |")
+    write_table(args.out, lines)
 
 
 if __name__ == "__main__":

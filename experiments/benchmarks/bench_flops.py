@@ -18,21 +18,14 @@ float32 matrices (largest rate over a few sizes). Medians of interleaved rounds.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from learned_opt.optimizers import LSTMOptimizer
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from common import machine_line, parse_args, parser, sync, write_table
 
 
 def timed(fn, rounds: int, repeats: int, device: torch.device) -> float:
@@ -53,20 +46,9 @@ def lstm_flops(n: int, hidden: int) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, rounds_default=7, quick_help="small sizes, two rounds: a smoke run")
     ap.add_argument("--hidden", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="small sizes, two rounds: a smoke run")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is steadier "
-                    "on a loaded machine, where 2 OpenMP threads can stall each other")
-    ap.add_argument("--out", type=Path, help="also write the table to OUT/table.md")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if args.quick:
-        args.rounds = 2
+    args, device = parse_args(ap, quick={"rounds": 2})
     mm_sizes = [256, 512] if args.quick else [1024, 2048, 4096]
     coords = [15_910, 100_000] if args.quick else [15_910, 254_560, 1_000_000]
     # 15,910 = the L2L MNIST MLP 784-20-10; 254,560 = 16 of them (a population)
@@ -83,8 +65,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     rule = LSTMOptimizer(hidden_size=args.hidden).to(device)
-    lines = [f"Machine: {platform.machine()} with {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, device {device}. LSTM optimizer H = {args.hidden}: "
+    lines = [f"{machine_line(device)} LSTM optimizer H = {args.hidden}: "
              f"{lstm_flops(1, args.hidden)} matmul FLOPs per coordinate per update; median of {args.rounds} rounds.\n",
              "| reference | size | time (ms) | GFLOP/s |", "|---|---|---|---|"]
     lines += [f"| torch.mm float32 | {n} x {n} | {t * 1e3:.2f} | {r / 1e9:.1f} |" for n, t, r in mm_rows]
@@ -107,9 +88,7 @@ def main() -> None:
             rate = lstm_flops(n, args.hidden) / t
             lines.append(f"| {label} | {n:,} | {t * 1e3:.2f} | {rate / 1e9:.2f} | {100 * rate / mm_rate:.1f}% |")
     print("\n".join(lines))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    write_table(args.out, lines)
 
 
 if __name__ == "__main__":

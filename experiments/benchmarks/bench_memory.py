@@ -23,14 +23,8 @@ pass (``TruncatedBPTT(checkpoint_segments=S)``).
 """
 from __future__ import annotations
 
-import argparse
 import gc
-import os
-import platform
-import statistics
-import time
 import weakref
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -39,6 +33,8 @@ from torch.utils._pytree import tree_leaves
 from learned_opt.meta.truncated import TruncatedBPTT
 from learned_opt.optimizers import LSTMOptimizer
 from learned_opt.tasks import SingleTaskFamily, make_task
+
+from common import emit, interleaved, machine_line, parse_args, parser, sync, write_table
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -107,11 +103,11 @@ def measure_memory(task, rule, horizon, truncation, segments, device) -> tuple[f
         saved = counter.total
         gc.collect()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         start = torch.cuda.memory_allocated(device)
         meta_step(task, rule, horizon, truncation, segments, device)
-        torch.cuda.synchronize(device)
+        sync(device)
         return torch.cuda.max_memory_allocated(device) - start, saved
     tracker = LiveTensorBytes()
     with tracker:
@@ -120,29 +116,17 @@ def measure_memory(task, rule, horizon, truncation, segments, device) -> tuple[f
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, rounds_default=3, quick_help="digits instead of MNIST, T = K = 6, one round: a smoke run")
     ap.add_argument("--horizon", type=int, default=100)
     ap.add_argument("--truncation", type=int, default=100)
     ap.add_argument("--segments", type=int, nargs="+", default=[1, 4, 10, 20], help="checkpoint_segments to compare")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="digits instead of MNIST, T = K = 6, one round: a smoke run")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is steadier "
-                    "on a loaded machine, where 2 OpenMP threads can stall each other")
-    ap.add_argument("--out", type=Path, help="also write the table to OUT/table.md")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.horizon, args.truncation, args.segments, args.rounds = 6, 6, [1, 3], 1
-    device = torch.device(args.device)
+    args, device = parse_args(ap, quick={"horizon": 6, "truncation": 6, "segments": [1, 3], "rounds": 1})
     K = args.truncation
     task = l2l(device, args.quick)
     torch.manual_seed(0)
     rule = LSTMOptimizer(hidden_size=20).to(device)
     n_params = sum(p.numel() for p in task.init_params(torch.Generator(device=device).manual_seed(0)).values())
-    lines = [f"Machine: {platform.machine()} with {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, device {device}. Task: {task.name} MLP "
+    lines = [f"{machine_line(device)} Task: {task.name} MLP "
              f"{task.dataset.num_features}-20-10 sigmoid, batch 128, {n_params} parameters; LSTM optimizer "
              f"(2 x 20 units); T = {args.horizon}, K = {K}, second order; median of {args.rounds} interleaved "
              f"rounds.\n",
@@ -151,30 +135,20 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     memory = {s: measure_memory(task, rule, args.horizon, K, s, device) for s in args.segments}
-    times: dict[int, list[float]] = {s: [] for s in args.segments}
     meta_step(task, rule, args.horizon, K, 1, device)  # warm-up
-    for _ in range(args.rounds):
-        for s in args.segments:
-            t0 = time.perf_counter()
-            meta_step(task, rule, args.horizon, K, s, device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[s].append(time.perf_counter() - t0)
-    base_t = statistics.median(times[args.segments[0]])
+    times = interleaved({s: (lambda s=s: meta_step(task, rule, args.horizon, K, s, device)) for s in args.segments},
+                        args.rounds, device, warmup=False)
+    base_t = times[args.segments[0]]
     base_m = memory[args.segments[0]][0]
     for s in args.segments:
-        t, (peak, saved) = statistics.median(times[s]), memory[s]
+        t, (peak, saved) = times[s], memory[s]
         graph = f"{saved / 2**20:.1f} ({saved / K / 2**20:.2f})" if saved is not None else "(recomputed)"
-        lines.append(f"| {s if s > 1 else '1 (none)'} | {t:.2f} | {t / base_t:.2f} | {peak / 2**20:.1f} | "
-                     f"{peak / K / 2**20:.2f} | {peak / base_m:.2f} | {graph} |")
-        print(lines[-1], flush=True)
+        emit(lines, f"| {s if s > 1 else '1 (none)'} | {t:.2f} | {t / base_t:.2f} | {peak / 2**20:.1f} | "
+                    f"{peak / K / 2**20:.2f} | {peak / base_m:.2f} | {graph} |")
     best = min(args.segments, key=lambda s: memory[s][0])
-    lines.append(f"\nTrade-off: checkpoint_segments={best} needs {memory[best][0] / base_m:.2f}x the memory of no "
-                 f"checkpointing for {statistics.median(times[best]) / base_t:.2f}x the time.")
-    print(lines[-1])
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    emit(lines, f"\nTrade-off: checkpoint_segments={best} needs {memory[best][0] / base_m:.2f}x the memory of no "
+                f"checkpointing for {times[best] / base_t:.2f}x the time.")
+    write_table(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,6 @@ Medians of interleaved rounds in one process.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import statistics
-import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -31,41 +25,13 @@ from learned_opt.optimizers import make_learned_rule
 from learned_opt.tasks import SingleTaskFamily, make_task
 from learned_opt.unroll import unroll
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(cases: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> dict[str, float]:
-    for fn in cases.values():
-        fn()
-    sync(device)
-    samples: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(rounds):
-        for k, fn in cases.items():
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            samples[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
+from common import interleaved, machine_line, parse_args, parser, write_table
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, rounds_default=7, quick_help="digits task, K = 3, two rounds: a smoke run")
     ap.add_argument("--truncation", type=int, default=20, help="K: inner steps per meta-step")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="digits task, K = 3, two rounds: a smoke run")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is steadier "
-                    "on a loaded machine, where 2 OpenMP threads can stall each other")
-    ap.add_argument("--out", type=Path, help="also write the table to OUT/table.md")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.truncation, args.rounds = 3, 2
-    device = torch.device(args.device)
+    args, device = parse_args(ap, quick={"truncation": 3, "rounds": 2})
     K = args.truncation
     task = make_task("mlp", dataset="digits" if args.quick else "mnist5k", hidden_sizes=[20], activation="sigmoid",
                      batch_size=128, device=device)
@@ -89,8 +55,7 @@ def main() -> None:
              "LSTM, first order": meta("lstm", first_order=True)}
     med = interleaved(cases, args.rounds, device)
     n_params = sum(p.numel() for p in params.values())
-    lines = [f"Machine: {platform.machine()} with {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, device {device}. Task: {task.name} "
+    lines = [f"{machine_line(device)} Task: {task.name} "
              f"({task.dataset.num_features}-20-10 sigmoid, batch 128, {n_params} parameters); K = {K} inner steps; "
              f"median of {args.rounds} interleaved rounds.\n",
              "| meta-step (K steps + meta-gradient) | time (ms) | per inner step (ms) | / SGD unroll of K steps |",
@@ -99,9 +64,7 @@ def main() -> None:
     for name, t in med.items():
         lines.append(f"| {name} | {t * 1e3:.1f} | {t / K * 1e3:.2f} | {t / ref:.1f}x |")
     print("\n".join(lines))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    write_table(args.out, lines)
 
 
 if __name__ == "__main__":

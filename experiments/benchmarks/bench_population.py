@@ -22,12 +22,6 @@ Target (the issue): >= 4x at N = 16 on a 2-core CPU.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import statistics
-import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -39,29 +33,9 @@ from learned_opt.population import PopulationTask
 from learned_opt.tasks import MLPFamily, make_task
 from learned_opt.unroll import unroll
 
+from common import emit, interleaved, machine_line, parse_args, parser, write_table
+
 TARGET = 4.0
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(cases: dict[str, Callable[[], object]], rounds: int, repeats: int,
-                device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each case; the cases alternate within every round."""
-    for fn in cases.values():  # warm-up
-        fn()
-    sync(device)
-    samples: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(rounds):
-        for k, fn in cases.items():
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                sync(device)
-                samples[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def mlp_tasks(n: int, device: torch.device) -> list:
@@ -114,25 +88,14 @@ def meta_cases(rule_name: str, n: int, steps: int, device: torch.device, loop: b
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, rounds_default=5, quick_help="tiny sizes, one round: a smoke run",
+                out_help="also write the tables to OUT/table.md")
     ap.add_argument("--n", type=int, default=16, help="population size of the main comparison")
     ap.add_argument("--steps", type=int, default=10, help="inner steps per timed unroll / truncation")
-    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-n", type=int, default=256, help="largest N of the scaling table")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, one round: a smoke run")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is steadier "
-                    "on a loaded machine, where 2 OpenMP threads can stall each other")
-    ap.add_argument("--out", type=Path, help="also write the tables to OUT/table.md")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.n, args.steps, args.rounds, args.max_n = 4, 2, 1, 4
-    device = torch.device(args.device)
+    args, device = parse_args(ap, quick={"n": 4, "steps": 2, "rounds": 1, "max_n": 4})
     n, steps = args.n, args.steps
-    lines = [f"Machine: {platform.machine()} with {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, device {device}. Tasks: N MLPs 64-20-10 sigmoid on digits, batch 128, "
+    lines = [f"{machine_line(device)} Tasks: N MLPs 64-20-10 sigmoid on digits, batch 128, "
              f"float32; {steps} inner steps per timed call; median of {args.rounds} interleaved rounds.\n",
              f"### N = {n}: batched population vs Python loop (inner steps/s summed over tasks)\n",
              "| workload | loop (steps/s) | batched (steps/s) | batched / loop | target |",
@@ -142,12 +105,11 @@ def main() -> None:
             *[(f"meta-train {name}", lambda loop=True, name=name: meta_cases(name, n, steps, device, loop))
               for name in ("learned_adam", "lstm", "mlp")]]
     for label, make in work:
-        med = interleaved(make(), args.rounds, 1 if "meta" in label else 3, device)
+        med = interleaved(make(), args.rounds, device, repeats=1 if "meta" in label else 3)
         rates = {k: n * steps / v for k, v in med.items()}
         ratio = rates["batched"] / rates["loop"]
-        lines.append(f"| {label} | {rates['loop']:.0f} | {rates['batched']:.0f} | {ratio:.2f}x | "
-                     f"{'>= 4x: met' if ratio >= TARGET else '>= 4x: NOT met'} |")
-        print(lines[-1], flush=True)
+        emit(lines, f"| {label} | {rates['loop']:.0f} | {rates['batched']:.0f} | {ratio:.2f}x | "
+                    f"{'>= 4x: met' if ratio >= TARGET else '>= 4x: NOT met'} |")
 
     lines += ["", f"### Population scaling (batched; x loop: over a Python loop of min(N, {n}) tasks timed in the "
               f"same rounds, whose per-task throughput does not depend on N)\n",
@@ -164,17 +126,14 @@ def main() -> None:
             rounds = max(1, args.rounds if size <= 64 else args.rounds // 2)
             try:
                 cases = {"batched": make(False)["batched"], "loop": make(True)["loop"]}
-                sec = interleaved(cases, rounds, 1, device)
+                sec = interleaved(cases, rounds, device)
             except (RuntimeError, MemoryError) as e:  # out of memory at large N
                 row += [f"failed ({type(e).__name__})", "-"]
                 continue
             rate, loop_rate = size * steps / sec["batched"], ref * steps / sec["loop"]
             row += [f"{rate:.0f}", f"{rate / loop_rate:.2f}"]
-        lines.append("| " + " | ".join(row) + " |")
-        print(lines[-1], flush=True)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+        emit(lines, "| " + " | ".join(row) + " |")
+    write_table(args.out, lines)
 
 
 if __name__ == "__main__":

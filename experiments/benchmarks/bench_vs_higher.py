@@ -12,12 +12,6 @@ meta-gradients are checked to agree before timing. Target: ours / higher <= 1.0.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import statistics
-import time
-from pathlib import Path
 from typing import Callable
 
 import higher
@@ -29,31 +23,17 @@ import baselines as B
 from learned_opt.tasks import make_task
 from learned_opt.unroll import unroll
 
+from common import emit, interleaved, machine_line, parse_args, parser, write_table
+
 # higher's Adam adds eps before the second-moment bias correction, torch.optim and we after;
 # with eps ~ 0 the two formulas agree, so the check below can be tight.
 EPS = 1e-12
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, rounds_default=15, quick_help="3 steps, 2 rounds: a smoke run")
     ap.add_argument("--steps", type=int, default=20, help="inner steps per unroll")
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="3 steps, 2 rounds: a smoke run")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is steadier "
-                    "on a loaded machine, where 2 OpenMP threads can stall each other")
-    ap.add_argument("--out", type=Path, help="also write the table to OUT/table.md")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.steps, args.rounds = 3, 2
-    device = torch.device(args.device)
+    args, device = parse_args(ap, quick={"steps": 3, "rounds": 2})
     K = args.steps
     task = make_task("mlp", dataset="digits", hidden_sizes=[20], activation="sigmoid", batch_size=128, device=device)
     init = task.init_params(torch.Generator(device=device).manual_seed(0))
@@ -113,31 +93,21 @@ def main() -> None:
             return grad
         return run
 
-    lines = [f"Machine: {platform.machine()} with {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, device {device}. Task: MLP 64-20-10 sigmoid on digits, batch 128, float32, "
+    lines = [f"{machine_line(device)} Task: MLP 64-20-10 sigmoid on digits, batch 128, float32, "
              f"{K} inner steps, forward + meta-backward into a tensor lr; median of {args.rounds} interleaved rounds.\n",
              "| rule | ours (ms) | higher (ms) | ours / higher | meta-gradients agree (rel. diff.) | target <= 1.0 |",
              "|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for kind in ("sgd-momentum", "adam"):
         a, b = ours(kind), theirs(kind)
-        ga, gb = a(), b()
+        ga, gb = a(), b()  # also the warm-up
         rel = float((ga - gb).abs() / gb.abs().clamp_min(1e-30))
-        samples: dict[str, list[float]] = {"ours": [], "higher": []}
-        for _ in range(args.rounds):
-            for key, fn in (("ours", a), ("higher", b)):
-                t0 = time.perf_counter()
-                fn()
-                sync(device)
-                samples[key].append(time.perf_counter() - t0)
-        t_ours, t_h = statistics.median(samples["ours"]), statistics.median(samples["higher"])
+        med = interleaved({"ours": a, "higher": b}, args.rounds, device, warmup=False)
+        t_ours, t_h = med["ours"], med["higher"]
         ratio = t_ours / t_h
-        lines.append(f"| {kind} | {t_ours * 1e3:.1f} | {t_h * 1e3:.1f} | {ratio:.2f} | {rel:.1e} | "
-                     f"{'met' if ratio <= 1.0 else 'NOT met'} |")
-        print(lines[-1], flush=True)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+        emit(lines, f"| {kind} | {t_ours * 1e3:.1f} | {t_h * 1e3:.1f} | {ratio:.2f} | {rel:.1e} | "
+                    f"{'met' if ratio <= 1.0 else 'NOT met'} |")
+    write_table(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out ``fig``, save it to ``path`` and close it; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(curves: Mapping[str, np.ndarray], path: str | Path, *, title: str, xlabel: str = "step",
                 ylabel: str = "training loss", logy: bool = True, x: Sequence[float] | None = None,
                 band: str = "iqr", ax: plt.Axes | None = None) -> Path | None:
@@ -43,11 +52,7 @@ def plot_curves(curves: Mapping[str, np.ndarray], path: str | Path, *, title: st
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if len(curves) > 5 else 1)
     if own:
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
     return None
 
 
@@ -79,8 +84,4 @@ def plot_meta_loss(run_dir: str | Path) -> Path | None:
     ax.set_title("Meta-training")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    path = run_dir / "meta_loss.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir / "meta_loss.png")

@@ -1,0 +1,95 @@
+"""Shared parts of the benchmark scripts: timing, the common options, the machine line and the table file.
+
+The scripts run as ``python experiments/benchmarks/bench_x.py``, so this folder is on ``sys.path``
+and they import it as ``common``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Hashable, Mapping, TypeVar
+
+import torch
+
+Key = TypeVar("Key", bound=Hashable)
+
+THREADS_HELP = ("torch CPU threads (default: torch's choice); 1 is steadier on a loaded machine, where 2 OpenMP "
+                "threads can stall each other")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on a CUDA device, so that wall-clock times include it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(cases: Mapping[Key, Callable[[], object]], rounds: int, device: torch.device, repeats: int = 1,
+                warmup: bool = True) -> dict[Key, float]:
+    """Median seconds per call of each case; the cases alternate within every round.
+
+    Each round times ``repeats`` calls of every case in turn. With ``warmup``, every case is first
+    called once untimed (the caller warms up otherwise).
+    """
+    if warmup:
+        for fn in cases.values():
+            fn()
+        sync(device)
+    samples: dict[Key, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, fn in cases.items():
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                samples[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def parser(description: str, rounds_default: int, quick_help: str,
+           out_help: str = "also write the table to OUT/table.md") -> argparse.ArgumentParser:
+    """An argument parser with the shared options: --rounds, --device (CUDA when available), --quick,
+    --threads and --out; a script adds its own and parses with ``parse_args``."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=rounds_default)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--threads", type=int, help=THREADS_HELP)
+    ap.add_argument("--out", type=Path, help=out_help)
+    return ap
+
+
+def parse_args(ap: argparse.ArgumentParser, quick: Mapping[str, Any]) -> tuple[argparse.Namespace, torch.device]:
+    """Parse the command line; with --quick, the values of ``quick`` replace the options of those names (a smoke
+    run). Sets torch's CPU threads to --threads when given; returns the options and the device."""
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        for name, value in quick.items():
+            if not hasattr(args, name):
+                raise ValueError(f"--quick sets {name!r}, which is not an option")
+            setattr(args, name, value)
+    return args, torch.device(args.device)
+
+
+def machine_line(device: torch.device) -> str:
+    """``Machine: <arch> with <n> cores, <t> threads, torch <version>, device <device>.``"""
+    return (f"Machine: {platform.machine()} with {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, device {device}.")
+
+
+def emit(lines: list[str], line: str) -> None:
+    """Append ``line`` to the report and print it at once."""
+    lines.append(line)
+    print(line, flush=True)
+
+
+def write_table(out: Path | None, lines: list[str]) -> None:
+    """Write the lines to ``OUT/table.md`` when ``out`` is given."""
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text("\n".join(lines) + "\n")
