@@ -36,7 +36,6 @@ cast), so a float32 rule can drive float64 params; for a float64 meta-gradient c
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
@@ -114,6 +113,9 @@ class MLPOptimizer(nn.Module):
         self.num_features = 2 + len(self.decays)          # normalised per-coordinate features
         sizes = [self.num_features + len(self.step_timescales), *self.hidden_sizes, 2]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        # 1/s on the rule's device, so the step embedding needs no host-to-device copy per update
+        self.register_buffer("inv_timescales", torch.tensor([1.0 / s for s in self.step_timescales]),
+                             persistent=False)
 
     # ------------------------------------------------------------------ bookkeeping
     def config(self) -> dict[str, Any]:
@@ -135,8 +137,8 @@ class MLPOptimizer(nn.Module):
     # ------------------------------------------------------------------ features
     def step_embedding(self, step: int, like: Tensor) -> Tensor:
         """``[tanh(step / s) for s in step_timescales]`` in ``like``'s dtype and device."""
-        return torch.tensor([math.tanh(step / s) for s in self.step_timescales], dtype=like.dtype,
-                            device=like.device)
+        inv = self.inv_timescales.to(device=like.device, dtype=torch.float64)
+        return torch.tanh(inv * step).to(like.dtype)
 
     def features(self, grad: Tensor, param: Tensor, momenta: Sequence[Tensor]) -> Tensor:
         """Normalised per-coordinate features of one tensor: shape ``(*param.shape, 2 + len(decays))``.
