@@ -26,23 +26,42 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}"
 
 
-def publish(name: str, run_dir: Path, command: str | None, figures: list[str], tables: list[str]) -> str:
-    dest = ROOT / "results" / name
+def section(md: str, heading: str) -> str:
+    """The markdown section whose heading line contains ``heading``, up to the next heading of its level."""
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("#") and heading in line:
+            level = len(line) - len(line.lstrip("#"))
+            end = next((j for j in range(i + 1, len(lines))
+                        if lines[j].startswith("#") and len(lines[j]) - len(lines[j].lstrip("#")) <= level), len(lines))
+            return f"**{line.lstrip('#').strip()}**\n\n" + "\n".join(lines[i + 1:end]).strip()
+    raise SystemExit(f"no heading containing {heading!r}")
+
+
+def publish(name: str, run_dir: Path, command: str | None, figures: list[str], tables: list[str],
+            sections: list[str] | None = None, wall: str | None = None, root: Path = ROOT) -> str:
+    dest = root / "results" / name
     dest.mkdir(parents=True, exist_ok=True)
     parts = []
     if command:
-        parts.append(f"Made by `{command}` on {machine()}.\n")
+        took = f" in {wall}" if wall else ""
+        parts.append(f"Made by `{command}` on {machine()}{took}.\n")
     for t in tables:
         src = run_dir / t
-        if src.exists():
-            shutil.copy(src, dest / t)
+        if not src.exists():
+            raise SystemExit(f"{src} does not exist")
+        shutil.copy(src, dest / src.name)
+        if sections:  # only these sections inline; the whole file is linked
+            parts.extend(section(src.read_text(), h) + "\n" for h in sections)
+            parts.append(f"(Full table: [`results/{name}/{src.name}`](results/{name}/{src.name}).)\n")
+        else:
             parts.append(src.read_text().strip() + "\n")
     for f in figures:
         for src in sorted(run_dir.glob(f)):
             shutil.copy(src, dest / src.name)
             parts.append(f"![{name}: {src.stem}](results/{name}/{src.name})\n")
     block = "\n".join(parts)
-    readme = ROOT / "README.md"
+    readme = root / "README.md"
     text = readme.read_text()
     start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
@@ -59,8 +78,10 @@ def main() -> None:
     ap.add_argument("--command", help="the command that made the run (shown in the README)")
     ap.add_argument("--figures", nargs="*", default=["*.png"], help="globs of figures to copy")
     ap.add_argument("--tables", nargs="*", default=["table.md"], help="tables to copy and inline")
+    ap.add_argument("--sections", nargs="*", help="inline only the sections of the tables whose headings contain these")
+    ap.add_argument("--wall", help="how long the command took, e.g. '6 min'")
     args = ap.parse_args()
-    print(publish(args.name, args.run_dir, args.command, args.figures, args.tables))
+    print(publish(args.name, args.run_dir, args.command, args.figures, args.tables, args.sections, args.wall))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic_write(path: str | Path, write: Callable[[Any], None], mode: str) -> Path:
     """Write through ``write(file)`` into a temporary file in the same folder, then rename it over
     ``path``: readers see the old file or the new one, never a half-written one."""
@@ -52,6 +56,7 @@ def _atomic_write(path: str | Path, write: Callable[[Any], None], mode: str) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it owner-only; give it an ordinary file's mode
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()

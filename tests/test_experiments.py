@@ -12,10 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_experiment(script: str, tmp_path: Path, *overrides: str, timeout: int = 300) -> Path:
+def run_experiment(script: str, tmp_path: Path, *overrides: str, timeout: int = 300,
+                   config_name: str | None = None) -> Path:
     run_dir = tmp_path / script.replace(".py", "")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONHASHSEED": "0"}
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / script), f"hydra.run.dir={run_dir}",
+    name = ["--config-name", config_name] if config_name else []
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *name, f"hydra.run.dir={run_dir}",
                            *overrides], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return run_dir
@@ -75,3 +77,34 @@ def test_quickstart_tiny(tmp_path):
     assert (run_dir / "meta_train" / "checkpoint.pt").exists()
     assert (run_dir / "evaluate" / "scores.png").exists()
     assert list((run_dir / "evaluate" / "wandb_runs" / "wandb").glob("offline-run-*"))
+
+
+def ranking(md: str) -> dict[str, list[int]]:
+    section = md.split("### Ranking by mean training loss")[1].split("###")[0]
+    return {r[0]: [int(x) for x in r[1:]] for r in table_rows(section)}
+
+
+def test_no_single_best_config_tiny(tmp_path):
+    run_dir = run_experiment("evaluate.py", tmp_path, *("steps=10", "seeds=[100]",
+                             "tuning.budget=2", "tuning.seeds=[0]", "eval_every=0", "~suite.mnist5k_conv",
+                             "~suite.mnist1d_mlp", "~suite.digits_mlp"), config_name="no_single_best")
+    ranks = ranking((run_dir / "summary.md").read_text())
+    rules = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "adadelta"]
+    assert sorted(ranks) == sorted(f"{r}@{v}" for r in rules for v in ("default", "tuned"))
+    for column in zip(*ranks.values()):  # each task ranks all 16 entries (ties share a rank)
+        assert len(column) == 16 and min(column) == 1 and max(column) <= 16
+    assert (run_dir / "ranks.png").stat().st_size > 10_000
+
+
+def test_learning_to_learn_config_tiny(tmp_path):
+    """The issue-4 comparison runs from the committed pretrained optimizers (tiny budget)."""
+    for name in ("lstm", "mlp", "learned_adam"):
+        assert (ROOT / "pretrained" / f"{name}_l2l_mnist.pt").exists(), name
+    run_dir = run_experiment("evaluate.py", tmp_path, *("steps=5",
+                             "seeds=[100]", "tuning.budget=2", "tuning.seeds=[0]", "eval_every=0",
+                             "~suite.steps_200", "~suite.units_40", "~suite.two_layers", "~suite.relu",
+                             *(f"optimizers.{k}.checkpoint={ROOT}/pretrained/{v}_l2l_mnist.pt"
+                               for k, v in (("lstm", "lstm"), ("mlp_lopt", "mlp"), ("learned_adam", "learned_adam")))),
+                             config_name="learning_to_learn")
+    ranks = ranking((run_dir / "summary.md").read_text())
+    assert {"lstm", "mlp_lopt", "learned_adam", "adam@tuned", "nesterov@tuned"} <= set(ranks)

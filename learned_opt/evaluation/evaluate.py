@@ -221,6 +221,7 @@ def write_csv(cells: dict, cols: list, suite: dict, path: Path) -> None:
 # --------------------------------------------------------------------------- figures and W&B
 def make_figures(cells: dict, cols: list, suite: dict, summary: dict, run_dir: Path, cfg: dict) -> list[Path]:
     import matplotlib.pyplot as plt
+    import matplotlib.ticker as mticker
     figs = []
     for task in suite:
         steps = budget(suite[task], cfg)
@@ -237,26 +238,42 @@ def make_figures(cells: dict, cols: list, suite: dict, summary: dict, run_dir: P
                                 xlabel="step (updates)", ylabel="training loss (minibatch)"))
     tasks = list(summary["tasks"])
     names = [e for e, _, _ in cols]
-    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(tasks) * max(1, len(names)) / 4), 4.5), dpi=110)
-    width = 0.8 / max(1, len(names))
-    for j, e in enumerate(names):
-        vals, lo, hi = [], [], []
-        for t in tasks:
+    # one panel per task, optimizers on the y axis: readable however many entries there are
+    ncols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 0.9 + nrows * (0.6 + 0.26 * len(names))),
+                             dpi=110, squeeze=False, sharey=True)
+    y = np.arange(len(names))
+    for k, t in enumerate(tasks):
+        ax = axes[k // ncols][k % ncols]
+        span = [1.0]
+        for j, e in enumerate(names):
             s = summary["tasks"][t]["rows"].get(e, {}).get("stats", {}).get("score_vs_adam")
-            m = s["median"] if s and math.isfinite(s["median"]) else np.nan
-            vals.append(m)
-            lo.append(m - s["q25"] if s and math.isfinite(s["q25"]) else 0)
-            hi.append(s["q75"] - m if s and math.isfinite(s["q75"]) else 0)
-        ax.bar(np.arange(len(tasks)) + j * width - 0.4 + width / 2, vals, width, yerr=[lo, hi], label=e, capsize=2)
-    ax.axhline(1.0, color="k", lw=1, ls="--", label="tuned Adam = 1")
-    ax.set_xticks(np.arange(len(tasks)))
-    ax.set_xticklabels(tasks, rotation=15)
-    ax.set_yscale("log")
-    ax.set_ylabel("mean training loss / tuned Adam's (log scale)")
-    ax.set_xlabel("task")
-    ax.set_title("Score normalised by tuned Adam per task (< 1 is better; median, IQR bars)")
-    ax.legend(fontsize=7, ncol=3)
-    ax.grid(True, axis="y", which="both", alpha=0.3)
+            if not s or not math.isfinite(s["median"]):
+                continue
+            lo = s["median"] - s["q25"] if math.isfinite(s["q25"]) else 0
+            hi = s["q75"] - s["median"] if math.isfinite(s["q75"]) else 0
+            span += [v for v in (s["median"] - lo, s["median"] + hi) if v > 0]
+            color = "C2" if s["median"] < 1 else "C3" if s["median"] > 1 else "k"
+            ax.errorbar(s["median"], j, xerr=[[lo], [hi]], fmt="o", color=color, ms=4, capsize=2)
+        ax.axvline(1.0, color="k", lw=1, ls="--")
+        if max(span) / min(span) > 8:  # a log axis only where the scores span about a decade or more
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+            ax.xaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.set_title(t, fontsize=10)
+        ax.set_yticks(y)
+        ax.set_yticklabels(names, fontsize=8)
+        if k == 0:
+            ax.invert_yaxis()  # shared by every panel: first entry on top
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+        if k // ncols == nrows - 1:
+            ax.set_xlabel("mean training loss / tuned Adam's")
+    for k in range(len(tasks), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    fig.suptitle("Score normalised by tuned Adam per task (dashed: tuned Adam = 1; < 1 is better, green; "
+                 "median and IQR over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(run_dir / "scores.png")
     plt.close(fig)

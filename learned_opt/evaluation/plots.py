@@ -67,7 +67,8 @@ def plot_meta_loss(run_dir: str | Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     ax.plot([r["step"] for r in train], [r["meta_loss"] for r in train], lw=1, alpha=0.6,
-            label="meta-loss of the meta-batch (training tasks)")
+            label="meta-loss of the meta-batch (training tasks; the saw-tooth is the\n"
+                  "truncation's place in the horizon: early truncations have higher loss)")
     if len(train) >= 10:
         k = max(5, len(train) // 20)
         smooth = np.convolve([r["meta_loss"] for r in train], np.ones(k) / k, mode="valid")
@@ -80,8 +81,8 @@ def plot_meta_loss(run_dir: str | Path) -> Path | None:
         ax2.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color="C3",
                  label="held-out tasks: mean training loss over a horizon")
         ax2.set_ylabel("held-out mean training loss", color="C3")
-        ax2.legend(loc="upper center", fontsize=8)
-    ax.set_title("Meta-training")
+    handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
+    ax.set_title(f"Meta-training ({run_dir.name})")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
     return save_figure(fig, run_dir / "meta_loss.png")

@@ -1,0 +1,60 @@
+"""Full-size checks (``pytest -m slow``): the committed pretrained optimizers, and full MNIST when present."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import baselines as B
+import learned_opt
+from learned_opt.tasks import make_task
+from learned_opt.unroll import unroll
+from learned_opt.utils import generator
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LEARNED_OPT_DATA", "/work/shared/data"))
+L2L = {"name": "mlp", "dataset": "mnist5k", "hidden_sizes": [20], "activation": "sigmoid", "batch_size": 128}
+
+
+def mean_loss(task_cfg: dict, rule, seeds, steps: int = 100) -> float:
+    cfg = dict(task_cfg)
+    task = make_task(cfg.pop("name"), **cfg)
+    out = []
+    for seed in seeds:
+        g = generator(seed)
+        params = task.init_params(g)
+        with torch.no_grad():
+            res = unroll(task, rule, params, rule.init(params), steps, g)
+        assert not res.diverged
+        out.append(float(res.losses.mean()))
+    return sum(out) / len(out)
+
+
+def test_pretrained_mlp_optimizer_beats_adam_at_every_grid_lr_on_the_l2l_task():
+    """Adam gets its best lr chosen on the very seeds it is scored on (optimistic for Adam)."""
+    seeds = range(100, 105)
+    learned = mean_loss(L2L, learned_opt.load(ROOT / "pretrained" / "mlp_l2l_mnist.pt"), seeds)
+    adam = min(mean_loss(L2L, B.Adam(lr=lr), seeds) for lr in (0.003, 0.01, 0.03, 0.1))
+    assert learned < adam, (learned, adam)
+
+
+def test_pretrained_learned_adam_beats_default_adam_on_the_l2l_task():
+    seeds = range(100, 105)
+    learned = mean_loss(L2L, learned_opt.load(ROOT / "pretrained" / "learned_adam_l2l_mnist.pt"), seeds)
+    assert learned < 0.8 * mean_loss(L2L, B.Adam(lr=1e-3), seeds)
+
+
+@pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"full MNIST idx files not in {DATA / 'mnist'}")
+def test_full_mnist_logistic_regression_with_adam_reaches_90_percent():
+    task = make_task("logreg", dataset="mnist", root=DATA, batch_size=128)
+    assert task.dataset.num_features == 784
+    g = generator(0)
+    params = task.init_params(g)
+    rule = B.Adam(lr=1e-3)
+    with torch.no_grad():
+        res = unroll(task, rule, params, rule.init(params), 1000, g)
+    metrics = task.metrics(res.params, "test")
+    assert metrics["accuracy"] > 0.90, metrics
