@@ -108,3 +108,28 @@ def test_learning_to_learn_config_tiny(tmp_path):
                              config_name="learning_to_learn")
     ranks = ranking((run_dir / "summary.md").read_text())
     assert {"lstm", "mlp_lopt", "learned_adam", "adam@tuned", "nesterov@tuned"} <= set(ranks)
+
+
+def test_hydra_multirun_sweep_runs_every_grid_point(tmp_path):
+    """A sweep is Hydra's multirun: one run directory per grid point, each a complete meta-training run."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "meta_train.py"), "-m", "family=quadratic",
+                           "optimizer=learned_adam,mlp", "seed=0,1", "meta.steps=2", "meta.horizon=10",
+                           "meta.truncation=5", "meta.tasks_per_step=1", "validation.every=0", "progress=false",
+                           "wandb.mode=disabled", f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent for p in sweep.glob("*/summary.json"))
+    assert len(runs) == 4
+    seen = set()
+    for run in runs:
+        cfg = json.loads(load_config_of(run))
+        seen.add((cfg["optimizer"]["name"], cfg["seed"]))
+        assert json.loads((run / "summary.json").read_text())["meta_steps"] == 2
+    assert seen == {(o, s) for o in ("learned_adam", "mlp") for s in (0, 1)}
+
+
+def load_config_of(run: Path) -> str:
+    import torch
+    return torch.load(run / "checkpoint.pt", weights_only=True)["config"]

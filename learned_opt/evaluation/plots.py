@@ -32,7 +32,8 @@ def plot_curves(curves: Mapping[str, np.ndarray], path: str | Path, *, title: st
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for label, values in curves.items():
+    palette = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")  # a distinct colour per curve
+    for i, (label, values) in enumerate(curves.items()):
         values = np.atleast_2d(np.asarray(values, dtype=float))
         xs = np.arange(1, values.shape[1] + 1) if x is None else np.asarray(x)
         with warnings.catch_warnings():  # all-NaN steps (every seed diverged) stay NaN, silently
@@ -41,7 +42,8 @@ def plot_curves(curves: Mapping[str, np.ndarray], path: str | Path, *, title: st
             lo, hi = ((np.nanpercentile(values, 25, axis=0), np.nanpercentile(values, 75, axis=0))
                       if band == "iqr" else (np.nanmin(values, axis=0), np.nanmax(values, axis=0)))
         n = values.shape[0]
-        line, = ax.plot(xs, mid, label=f"{label} (n={n})" if n > 1 else label, lw=1.6)
+        line, = ax.plot(xs, mid, label=f"{label} (n={n})" if n > 1 else label, lw=1.6, color=palette(i % palette.N),
+                        ls="--" if str(label).endswith("@default") else "-")
         if n > 1:
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     if logy:
