@@ -403,3 +403,46 @@ def test_cuda_matches_cpu(name):
     with torch.no_grad():  # a float32 rule on float64 CUDA params, under no_grad
         new, state = cuda_rule.float().update(to(grads), cuda_rule.init(to(params)), to(params))
     assert all(v.dtype == torch.float64 and v.device.type == "cuda" for v in new.values())
+
+
+@pytest.mark.parametrize("make", [lambda s: MLPOptimizer(hidden_sizes=[8], step_scale=s, step_mult=1.0),
+                                  lambda s: LSTMOptimizer(hidden_size=6, step_scale=s, output_scale=1.0)],
+                         ids=["mlp", "lstm"])
+def test_grad_rms_step_scale_multiplies_each_tensors_step_by_its_gradient_rms(make):
+    torch.manual_seed(0)
+    plain = make("none").double()
+    scaled = make("grad_rms").double()
+    scaled.load_state_dict(plain.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    params = {"w": torch.randn(4, 3, generator=gen, dtype=torch.float64),
+              "b": torch.randn(3, generator=gen, dtype=torch.float64)}
+    grads = {"w": 0.01 * torch.randn(4, 3, generator=gen, dtype=torch.float64),
+             "b": 5.0 * torch.randn(3, generator=gen, dtype=torch.float64)}
+    new_plain, _ = plain.update(grads, plain.init(params), params)
+    new_scaled, _ = scaled.update(grads, scaled.init(params), params)
+    for k in params:
+        rms = math.sqrt(float((grads[k] ** 2).mean()) + 1e-8)  # independent of the rule's helper
+        torch.testing.assert_close(new_scaled[k] - params[k], (new_plain[k] - params[k]) * rms,
+                                   rtol=1e-10, atol=1e-14)
+
+
+def test_mlp_optimizer_is_scale_invariant_by_default_and_equivariant_with_grad_rms():
+    """Features are normalised: scaling the gradient by c leaves the default step alone and
+    multiplies the grad_rms step by c (up to the 1e-8 in the normalisation, hence gradients large
+    enough that even the slowest momentum, 1e-4 * g after one step, dwarfs it)."""
+    torch.manual_seed(0)
+    params = {"w": torch.randn(5, 4, dtype=torch.float64)}
+    g = {"w": 100 * torch.randn(5, 4, dtype=torch.float64)}
+    g10 = {"w": 10 * g["w"]}
+    for scale, factor in (("none", 1.0), ("grad_rms", 10.0)):
+        rule = MLPOptimizer(hidden_sizes=[8], step_scale=scale, step_mult=1.0).double()
+        a = rule.update(g, rule.init(params), params)[0]["w"] - params["w"]
+        b = rule.update(g10, rule.init(params), params)[0]["w"] - params["w"]
+        torch.testing.assert_close(b, factor * a, rtol=1e-3, atol=1e-12)
+
+
+def test_unknown_step_scale_is_rejected():
+    with pytest.raises(ValueError, match="step_scale='adam' is not one of none, grad_rms"):
+        MLPOptimizer(step_scale="adam")
+    with pytest.raises(ValueError, match="step_scale"):
+        LSTMOptimizer(step_scale="x")

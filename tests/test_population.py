@@ -147,7 +147,9 @@ def rules():
     torch.manual_seed(0)
     return {"learned_adam": LearnedAdam(lr=0.01, eps=1e-8).double(),
             "lstm": LSTMOptimizer(hidden_size=6).double(),
-            "mlp": MLPOptimizer(hidden_sizes=[8]).double()}
+            "mlp": MLPOptimizer(hidden_sizes=[8]).double(),
+            "lstm_rms": LSTMOptimizer(hidden_size=6, step_scale="grad_rms", output_scale=1.0).double(),
+            "mlp_rms": MLPOptimizer(hidden_sizes=[8], step_scale="grad_rms", step_mult=1.0).double()}
 
 
 def estimator(family, *, population=1, segments=1, n=3, truncation=4, horizon=8):
@@ -156,7 +158,7 @@ def estimator(family, *, population=1, segments=1, n=3, truncation=4, horizon=8)
                          population=population, checkpoint_segments=segments)
 
 
-@pytest.mark.parametrize("name", ["learned_adam", "lstm", "mlp"])
+@pytest.mark.parametrize("name", ["learned_adam", "lstm", "mlp", "lstm_rms", "mlp_rms"])
 def test_population_meta_gradient_equals_mean_of_per_task_meta_gradients(name):
     family = make_family("mlp_family", widths=[8], batch_size=32, dtype="float64")
     rule = rules()[name]

@@ -10,6 +10,9 @@ coordinate ``i`` keeps its own recurrent state. Per update::
     w_i           <- w_i + lr * output_scale * (W_out h1_i + b_out)
 
 The LSTM outputs the step itself, sign included (``+``: nothing forces descent).
+With ``step_scale="grad_rms"`` each tensor's step is also multiplied by the root mean square
+of its gradient, so that the step scales with the gradient as SGD's does (the preprocessing
+sees the gradient only on a log scale; use a larger ``output_scale``, e.g. 1, with it).
 ``LSTMCell(x, (h, c))`` with gates in torch's order ``(i, f, g, o)``::
 
     [i, f, g, o] = W_ih x + b_ih + W_hh h + b_hh
@@ -45,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
+from .mlp import STEP_SCALES, grad_rms, reduce_dims
 
 __all__ = ["LSTMOptimizer", "preprocess_gradient"]
 
@@ -92,6 +96,8 @@ class LSTMOptimizer(nn.Module):
         hidden_size: units per LSTM layer (20 in the paper).
         preprocess_p: the ``p`` of the gradient preprocessing (10 in the paper).
         output_scale: multiplies the output layer (0.1 in the paper).
+        step_scale: ``"none"`` (the paper's) or ``"grad_rms"`` (steps times each tensor's
+            gradient RMS).
         lr: plain output multiplier (1.0); the one hyperparameter exposed to
             :class:`baselines.adapter.RuleOptimizer`, so torch lr schedulers scale the steps.
 
@@ -101,15 +107,19 @@ class LSTMOptimizer(nn.Module):
     """
 
     hparam_names = ("lr",)
+    population_dim: int | None = None  # with step_scale="grad_rms": a leading population dim to skip
 
     def __init__(self, hidden_size: int = 20, preprocess_p: float = 10.0, output_scale: float = 0.1,
-                 lr: float = 1.0):
+                 lr: float = 1.0, step_scale: str = "none"):
         super().__init__()
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
             raise ValueError(f"hidden_size={hidden_size!r} must be a positive integer")
         check_range("preprocess_p", preprocess_p, 0.0, low_inclusive=False)
         check_range("output_scale", output_scale, 0.0, low_inclusive=False)
         check_range("lr", lr, 0.0)
+        if step_scale not in STEP_SCALES:
+            raise ValueError(f"step_scale={step_scale!r} is not one of {', '.join(STEP_SCALES)}")
+        self.step_scale = step_scale
         self.hidden_size = hidden_size
         self.preprocess_p = float(preprocess_p)
         self.output_scale = float(output_scale)
@@ -125,7 +135,7 @@ class LSTMOptimizer(nn.Module):
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able): ``type(self)(**self.config())`` rebuilds the rule."""
         return {"hidden_size": self.hidden_size, "preprocess_p": self.preprocess_p,
-                "output_scale": self.output_scale, "lr": self.lr}
+                "output_scale": self.output_scale, "lr": self.lr, "step_scale": self.step_scale}
 
     def numeric_hparams(self) -> bool:
         return False  # no in-place fast path: the adapter always calls the pure ``update``
@@ -153,6 +163,9 @@ class LSTMOptimizer(nn.Module):
         h1, c1 = _lstm_cell(h0, flat["h1"], flat["c1"], self.cell1, dtype)
         out = F.linear(h1, self.output.weight.to(dtype), self.output.bias.to(dtype)).squeeze(-1)
         delta = out * (self.output_scale * self.lr)                                # (N,)
+        if self.step_scale == "grad_rms":
+            delta = delta * torch.cat([grad_rms(grads[k], reduce_dims(grads[k].dim(), self.population_dim))
+                                       .expand_as(grads[k]).reshape(-1).to(dtype) for k in names])
 
         sizes = [params[k].numel() for k in names]
         new_params = {k: params[k] + d.view(params[k].shape).to(params[k].dtype)

@@ -11,7 +11,13 @@ the number of updates made before this one)::
     embed  = [tanh(t / s) for s in step_timescales]       (same for every coordinate)
     d, m   = MLP([feats, embed])                          (per coordinate; ReLU hidden layers)
     step   = d * exp(m * exp_mult) * step_mult
+    step  <- step * sqrt(mean_over_tensor(g^2) + 1e-8)     (only with step_scale="grad_rms")
     w     <- w - lr * step
+
+The features are normalised, so by default the step's size does not depend on the gradient's
+scale (like Adam's). ``step_scale="grad_rms"`` multiplies each tensor's step by its gradient's
+root mean square, so that the rule scales with the gradient as SGD and momentum do (use a larger
+``step_mult``, e.g. 1, with it).
 
 Sign convention: ``new = w - step``, so a positive ``d`` moves against the gradient-like
 features (as in mlp_lopt). The MLP has ``len(decays) + 2 + len(step_timescales)`` inputs
@@ -44,11 +50,12 @@ from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
 
-__all__ = ["MLPOptimizer", "reduce_dims", "second_moment_normalize"]
+__all__ = ["MLPOptimizer", "STEP_SCALES", "grad_rms", "reduce_dims", "second_moment_normalize"]
 
 DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
 NORM_EPS = 1e-8
+STEP_SCALES = ("none", "grad_rms")
 
 
 def reduce_dims(ndim: int, population_dim: int | None = None) -> tuple[int, ...]:
@@ -65,6 +72,12 @@ def second_moment_normalize(x: Tensor, dims: tuple[int, ...], eps: float = NORM_
     return x * torch.rsqrt(ms + eps)
 
 
+def grad_rms(x: Tensor, dims: tuple[int, ...], eps: float = NORM_EPS) -> Tensor:
+    """``sqrt(mean(x^2 over dims) + eps)``, keeping dims (with no dims: ``sqrt(x^2 + eps)``)."""
+    sq = x * x
+    return torch.sqrt((sq.mean(dim=dims, keepdim=True) if dims else sq) + eps)
+
+
 def _momentum_key(decay: float) -> str:
     return f"momentum_{decay:g}"
 
@@ -79,6 +92,8 @@ class MLPOptimizer(nn.Module):
         exp_mult, step_mult: output scalings (``1e-3`` each), each > 0.
         lr: plain output multiplier (1.0); the one hyperparameter exposed to
             :class:`baselines.adapter.RuleOptimizer`, so torch lr schedulers scale the steps.
+        step_scale: ``"none"`` (scale-invariant steps) or ``"grad_rms"`` (steps times each
+            tensor's gradient RMS: scale-equivariant, like SGD).
 
     Meta-parameters: ``layers`` (an ``nn.ModuleList`` of ``nn.Linear``), torch's default
     initialisation drawn from torch's global RNG.
@@ -89,7 +104,7 @@ class MLPOptimizer(nn.Module):
 
     def __init__(self, hidden_sizes: Sequence[int] = (32, 32), decays: Sequence[float] = DECAYS,
                  step_timescales: Sequence[float] = TIMESCALES, exp_mult: float = 1e-3,
-                 step_mult: float = 1e-3, lr: float = 1.0):
+                 step_mult: float = 1e-3, lr: float = 1.0, step_scale: str = "none"):
         super().__init__()
         hidden_sizes, decays, step_timescales = list(hidden_sizes), list(decays), list(step_timescales)
         for i, h in enumerate(hidden_sizes):
@@ -106,6 +121,9 @@ class MLPOptimizer(nn.Module):
         check_range("exp_mult", exp_mult, 0.0, low_inclusive=False)
         check_range("step_mult", step_mult, 0.0, low_inclusive=False)
         check_range("lr", lr, 0.0)
+        if step_scale not in STEP_SCALES:
+            raise ValueError(f"step_scale={step_scale!r} is not one of {', '.join(STEP_SCALES)}")
+        self.step_scale = step_scale
         self.hidden_sizes = [int(h) for h in hidden_sizes]
         self.decays = [float(d) for d in decays]
         self.step_timescales = [float(s) for s in step_timescales]
@@ -122,7 +140,7 @@ class MLPOptimizer(nn.Module):
         """Constructor arguments (JSON-able): ``type(self)(**self.config())`` rebuilds the rule."""
         return {"hidden_sizes": list(self.hidden_sizes), "decays": list(self.decays),
                 "step_timescales": list(self.step_timescales), "exp_mult": self.exp_mult,
-                "step_mult": self.step_mult, "lr": self.lr}
+                "step_mult": self.step_mult, "lr": self.lr, "step_scale": self.step_scale}
 
     def numeric_hparams(self) -> bool:
         return False  # no in-place fast path: the adapter always calls the pure ``update``
@@ -179,6 +197,9 @@ class MLPOptimizer(nn.Module):
         direction, magnitude = out[:, 0], out[:, 1]
         delta = direction * torch.exp(magnitude * self.exp_mult) * (self.step_mult * self.lr)
 
+        if self.step_scale == "grad_rms":
+            delta = delta * torch.cat([grad_rms(grads[k], reduce_dims(grads[k].dim(), self.population_dim))
+                                       .expand_as(grads[k]).reshape(-1).to(delta.dtype) for k in names])
         sizes = [params[k].numel() for k in names]
         new_params = {k: params[k] - d.view(params[k].shape).to(params[k].dtype)
                       for k, d in zip(names, delta.split(sizes))}
