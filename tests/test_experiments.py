@@ -98,16 +98,17 @@ def test_no_single_best_config_tiny(tmp_path):
 
 def test_learning_to_learn_config_tiny(tmp_path):
     """The issue-4 comparison runs from the committed pretrained optimizers (tiny budget)."""
-    for name in ("lstm", "mlp", "learned_adam"):
+    for name in ("lstm", "mlp", "learned_adam", "mlp_invariant", "lstm_paper"):
         assert (ROOT / "pretrained" / f"{name}_l2l_mnist.pt").exists(), name
     run_dir = run_experiment("evaluate.py", tmp_path, *("steps=5",
                              "seeds=[100]", "tuning.budget=2", "tuning.seeds=[0]", "eval_every=0",
                              "~suite.steps_200", "~suite.units_40", "~suite.two_layers", "~suite.relu",
                              *(f"optimizers.{k}.checkpoint={ROOT}/pretrained/{v}_l2l_mnist.pt"
-                               for k, v in (("lstm", "lstm"), ("mlp_lopt", "mlp"), ("learned_adam", "learned_adam")))),
+                               for k, v in (("lstm", "lstm"), ("mlp_lopt", "mlp"), ("learned_adam", "learned_adam"),
+                                            ("mlp_lopt_invariant", "mlp_invariant"), ("lstm_paper", "lstm_paper")))),
                              config_name="learning_to_learn")
     ranks = ranking((run_dir / "summary.md").read_text())
-    assert {"lstm", "mlp_lopt", "learned_adam", "adam@tuned", "nesterov@tuned"} <= set(ranks)
+    assert {"lstm", "lstm_paper", "mlp_lopt", "mlp_lopt_invariant", "learned_adam", "adam@tuned", "nesterov@tuned"} <= set(ranks)
 
 
 def test_hydra_multirun_sweep_runs_every_grid_point(tmp_path):

@@ -273,3 +273,14 @@ def test_best_checkpoint_holds_the_lowest_validation_loss(tmp_path):
     again = T.validation_loss(learned_opt.load(tmp_path / "best.pt"), make_family("quadratic_family", dim=10),
                               cfg, torch.device("cpu"))
     assert again == pytest.approx(best_val, rel=1e-6)
+
+
+def test_a_run_whose_every_truncation_diverges_warns_and_leaves_meta_parameters_alone(tmp_path):
+    cfg = cfg_with(optimizer={"name": "learned_adam", "lr": 50.0}, meta__steps=3, meta__divergence_factor=2.0)
+    before = T.build_rule(cfg, torch.device("cpu")).state_dict()
+    with pytest.warns(UserWarning, match="every meta-step of this run was skipped"):
+        summary = meta_train(cfg, tmp_path)
+    assert summary["skipped_steps"] == 3 and summary["diverged_truncations"] == 6
+    after = learned_opt.load(tmp_path / "checkpoint.pt").state_dict()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,12 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
         summary.update(rank=rank, world_size=world)
     if main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        done = meta["steps"] - start
+        if done and counters["skipped_steps"] >= done:
+            warnings.warn(f"every meta-step of this run was skipped ({counters['diverged_truncations']} diverged "
+                          f"truncations): the inner problems diverge under the initial rule, so there is no "
+                          f"meta-gradient to learn from. Make the initial steps smaller (the rule's step_mult / "
+                          f"output_scale / lr) and start again; the meta-parameters are unchanged.", stacklevel=2)
     return summary
 
 
