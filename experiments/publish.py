@@ -26,6 +26,11 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}"
 
 
+def demote_headings(md: str) -> str:
+    """Headings of an inlined table become bold lines, so they do not break the README's outline."""
+    return re.sub(r"^#+\s*(.*?)\s*$", r"**\1**", md, flags=re.M)
+
+
 def section(md: str, heading: str) -> str:
     """The markdown section whose heading line contains ``heading``, up to the next heading of its level."""
     lines = md.splitlines()
@@ -34,7 +39,7 @@ def section(md: str, heading: str) -> str:
             level = len(line) - len(line.lstrip("#"))
             end = next((j for j in range(i + 1, len(lines))
                         if lines[j].startswith("#") and len(lines[j]) - len(lines[j].lstrip("#")) <= level), len(lines))
-            return f"**{line.lstrip('#').strip()}**\n\n" + "\n".join(lines[i + 1:end]).strip()
+            return f"**{line.lstrip('#').strip()}**\n\n" + demote_headings("\n".join(lines[i + 1:end])).strip()
     raise SystemExit(f"no heading containing {heading!r}")
 
 
@@ -55,7 +60,7 @@ def publish(name: str, run_dir: Path, command: str | None, figures: list[str], t
             parts.extend(section(src.read_text(), h) + "\n" for h in sections)
             parts.append(f"(Full table: [`results/{name}/{src.name}`](results/{name}/{src.name}).)\n")
         else:
-            parts.append(src.read_text().strip() + "\n")
+            parts.append(demote_headings(src.read_text()).strip() + "\n")
     for f in figures:
         for src in sorted(run_dir.glob(f)):
             shutil.copy(src, dest / src.name)
