@@ -446,3 +446,23 @@ def test_unknown_step_scale_is_rejected():
         MLPOptimizer(step_scale="adam")
     with pytest.raises(ValueError, match="step_scale"):
         LSTMOptimizer(step_scale="x")
+
+
+def test_lstm_with_grad_rms_input_and_step_is_scale_equivariant_and_without_is_not():
+    torch.manual_seed(0)
+    params = {"w": torch.randn(5, 4, dtype=torch.float64), "b": torch.randn(4, dtype=torch.float64)}
+    g = {k: torch.randn_like(v) for k, v in params.items()}
+    g10 = {k: 10 * v for k, v in g.items()}
+
+    def steps(rule):
+        a = rule.update(g, rule.init(params), params)[0]
+        b = rule.update(g10, rule.init(params), params)[0]
+        return [(a[k] - params[k], b[k] - params[k]) for k in params]
+
+    for a, b in steps(LSTMOptimizer(hidden_size=6, step_scale="grad_rms", input_scale="grad_rms").double()):
+        torch.testing.assert_close(b, 10 * a, rtol=1e-6, atol=1e-12)
+    torch.manual_seed(0)
+    for a, b in steps(LSTMOptimizer(hidden_size=6, step_scale="grad_rms").double()):  # log-scale input
+        assert not torch.allclose(b, 10 * a, rtol=1e-3)
+    with pytest.raises(ValueError, match="input_scale"):
+        LSTMOptimizer(input_scale="adam")

@@ -148,7 +148,8 @@ def rules():
     return {"learned_adam": LearnedAdam(lr=0.01, eps=1e-8).double(),
             "lstm": LSTMOptimizer(hidden_size=6).double(),
             "mlp": MLPOptimizer(hidden_sizes=[8]).double(),
-            "lstm_rms": LSTMOptimizer(hidden_size=6, step_scale="grad_rms", output_scale=1.0).double(),
+            "lstm_rms": LSTMOptimizer(hidden_size=6, step_scale="grad_rms", input_scale="grad_rms",
+                                      output_scale=1.0).double(),
             "mlp_rms": MLPOptimizer(hidden_sizes=[8], step_scale="grad_rms", step_mult=1.0).double()}
 
 

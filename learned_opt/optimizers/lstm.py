@@ -98,6 +98,8 @@ class LSTMOptimizer(nn.Module):
         output_scale: multiplies the output layer (0.1 in the paper).
         step_scale: ``"none"`` (the paper's) or ``"grad_rms"`` (steps times each tensor's
             gradient RMS).
+        input_scale: ``"none"`` (the paper's) or ``"grad_rms"`` (the gradient is divided by its
+            tensor's RMS before the preprocessing, so the LSTM sees relative magnitudes).
         lr: plain output multiplier (1.0); the one hyperparameter exposed to
             :class:`baselines.adapter.RuleOptimizer`, so torch lr schedulers scale the steps.
 
@@ -110,7 +112,7 @@ class LSTMOptimizer(nn.Module):
     population_dim: int | None = None  # with step_scale="grad_rms": a leading population dim to skip
 
     def __init__(self, hidden_size: int = 20, preprocess_p: float = 10.0, output_scale: float = 0.1,
-                 lr: float = 1.0, step_scale: str = "none"):
+                 lr: float = 1.0, step_scale: str = "none", input_scale: str = "none"):
         super().__init__()
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
             raise ValueError(f"hidden_size={hidden_size!r} must be a positive integer")
@@ -120,6 +122,9 @@ class LSTMOptimizer(nn.Module):
         if step_scale not in STEP_SCALES:
             raise ValueError(f"step_scale={step_scale!r} is not one of {', '.join(STEP_SCALES)}")
         self.step_scale = step_scale
+        if input_scale not in STEP_SCALES:
+            raise ValueError(f"input_scale={input_scale!r} is not one of {', '.join(STEP_SCALES)}")
+        self.input_scale = input_scale
         self.hidden_size = hidden_size
         self.preprocess_p = float(preprocess_p)
         self.output_scale = float(output_scale)
@@ -135,7 +140,8 @@ class LSTMOptimizer(nn.Module):
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able): ``type(self)(**self.config())`` rebuilds the rule."""
         return {"hidden_size": self.hidden_size, "preprocess_p": self.preprocess_p,
-                "output_scale": self.output_scale, "lr": self.lr, "step_scale": self.step_scale}
+                "output_scale": self.output_scale, "lr": self.lr, "step_scale": self.step_scale,
+                "input_scale": self.input_scale}
 
     def numeric_hparams(self) -> bool:
         return False  # no in-place fast path: the adapter always calls the pure ``update``
@@ -158,14 +164,16 @@ class LSTMOptimizer(nn.Module):
         g = torch.cat([grads[k].reshape(-1) for k in names])
         flat = {b: torch.cat([state[b][k].reshape(-1, H) for k in names]) for b in BUFFERS}
         dtype = g.dtype
-        x = preprocess_gradient(g, self.preprocess_p)                              # (N, 2)
+        if "grad_rms" in (self.step_scale, self.input_scale):
+            rms = torch.cat([grad_rms(grads[k], reduce_dims(grads[k].dim(), self.population_dim))
+                             .expand_as(grads[k]).reshape(-1) for k in names]).to(dtype)
+        x = preprocess_gradient(g / rms if self.input_scale == "grad_rms" else g, self.preprocess_p)  # (N, 2)
         h0, c0 = _lstm_cell(x, flat["h0"], flat["c0"], self.cell0, dtype)
         h1, c1 = _lstm_cell(h0, flat["h1"], flat["c1"], self.cell1, dtype)
         out = F.linear(h1, self.output.weight.to(dtype), self.output.bias.to(dtype)).squeeze(-1)
         delta = out * (self.output_scale * self.lr)                                # (N,)
         if self.step_scale == "grad_rms":
-            delta = delta * torch.cat([grad_rms(grads[k], reduce_dims(grads[k].dim(), self.population_dim))
-                                       .expand_as(grads[k]).reshape(-1).to(dtype) for k in names])
+            delta = delta * rms
 
         sizes = [params[k].numel() for k in names]
         new_params = {k: params[k] + d.view(params[k].shape).to(params[k].dtype)
