@@ -284,3 +284,13 @@ def test_a_run_whose_every_truncation_diverges_warns_and_leaves_meta_parameters_
     after = learned_opt.load(tmp_path / "checkpoint.pt").state_dict()
     for k in before:
         assert torch.equal(before[k], after[k]), k
+
+
+def test_a_run_from_before_an_option_existed_resumes_with_the_option_at_its_old_value(tmp_path):
+    lstm = {"name": "lstm", "hidden_size": 4}
+    cfg = cfg_with(optimizer=lstm, meta__steps=2)  # the config names neither step_scale nor input_scale
+    meta_train(cfg, tmp_path)
+    later = cfg_with(optimizer={**lstm, "step_scale": "none", "input_scale": "none"}, meta__steps=3)
+    assert meta_train(later, tmp_path, resume=True)["meta_steps"] == 3
+    with pytest.raises(CheckpointError, match="optimizer.step_scale: checkpoint 'none' vs now 'grad_rms'"):
+        meta_train(cfg_with(optimizer={**lstm, "step_scale": "grad_rms"}, meta__steps=4), tmp_path, resume=True)

@@ -252,7 +252,8 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
 
 
 # Keys added after checkpoints were first written, with the value that older runs implicitly had.
-ADDED_KEYS = {"distributed": False, "meta.population": 1, "meta.checkpoint_segments": 1}
+ADDED_KEYS = {"distributed": False, "meta.population": 1, "meta.checkpoint_segments": 1,
+              "optimizer.step_scale": "none", "optimizer.input_scale": "none"}
 
 
 def _check_same_run(saved: dict, cfg: dict, path: Path) -> None:
