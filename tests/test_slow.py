@@ -41,10 +41,11 @@ def test_pretrained_mlp_optimizer_beats_adam_at_every_grid_lr_on_the_l2l_task():
     assert learned < adam, (learned, adam)
 
 
-def test_pretrained_mlp_optimizer_beats_nesterov_at_every_grid_lr_on_the_l2l_task():
+@pytest.mark.parametrize("name", ["mlp", "lstm"])
+def test_pretrained_learned_optimizer_beats_nesterov_at_every_grid_lr_on_the_l2l_task(name):
     """Nesterov (momentum 0.9) gets its best lr chosen on the very seeds it is scored on."""
     seeds = range(100, 105)
-    learned = mean_loss(L2L, learned_opt.load(ROOT / "pretrained" / "mlp_l2l_mnist.pt"), seeds)
+    learned = mean_loss(L2L, learned_opt.load(ROOT / "pretrained" / f"{name}_l2l_mnist.pt"), seeds)
     nesterov = min(mean_loss(L2L, B.Nesterov(lr=lr, momentum=0.9), seeds) for lr in (0.1, 0.3, 1.0, 3.0))
     assert learned < nesterov, (learned, nesterov)
 
