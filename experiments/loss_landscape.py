@@ -44,15 +44,9 @@ from learned_opt.evaluation.tables import markdown_table
 from learned_opt.runlog import RunLogger, check_wandb_config
 from learned_opt.tasks import make_task
 from learned_opt.unroll import unroll
-from learned_opt.utils import atomic_write_text, generator, resolve_device
+from learned_opt.utils import atomic_write_text, check_int, generator, resolve_device
 
 matplotlib.use("Agg")  # files only, no display
-
-
-def _int_at_least(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-    return value
 
 
 def _number(name: str, value: Any, positive: bool = False) -> float:
@@ -65,15 +59,15 @@ def _number(name: str, value: Any, positive: bool = False) -> float:
 def build(cfg: DictConfig, device: torch.device):
     """Validate the whole config and build the tasks and rule specs, before any work starts."""
     check_wandb_config(OmegaConf.to_container(cfg.wandb))
-    steps = _int_at_least("steps", cfg.steps, 1)
-    every = _int_at_least("record_every", cfg.record_every, 1)
+    steps = check_int("steps", cfg.steps, 1)
+    every = check_int("record_every", cfg.record_every, 1)
     snapshots = steps // every + (1 if steps % every == 0 else 2)  # steps 0, k, 2k, ... plus the final weights
     if snapshots < 3:
         raise ValueError(f"steps={steps} with record_every={every} keeps {snapshots} snapshots; the PCA of the "
                          f"trajectory needs at least 3 (lower record_every)")
     if cfg.eval_examples is not None:
-        _int_at_least("eval_examples", cfg.eval_examples, 1)
-    _int_at_least("chunk_size", cfg.chunk_size, 1)
+        check_int("eval_examples", cfg.eval_examples, 1)
+    check_int("chunk_size", cfg.chunk_size, 1)
     if not isinstance(cfg.vmap, bool):
         raise ValueError(f"vmap={cfg.vmap!r} must be true or false")
     lo = _number("interpolation.alpha_min", cfg.interpolation.alpha_min)
@@ -81,13 +75,13 @@ def build(cfg: DictConfig, device: torch.device):
     if not (lo <= 0 and hi >= 1):
         raise ValueError(f"interpolation.alpha_min={lo} and alpha_max={hi} must bracket [0, 1] "
                          f"(alpha_min <= 0, alpha_max >= 1)")
-    _int_at_least("interpolation.points", cfg.interpolation.points, 3)
+    check_int("interpolation.points", cfg.interpolation.points, 3)
     _number("contour.span", cfg.contour.span, positive=True)
-    _int_at_least("contour.resolution", cfg.contour.resolution, 3)
-    _int_at_least("pca.resolution", cfg.pca.resolution, 3)
+    check_int("contour.resolution", cfg.contour.resolution, 3)
+    check_int("pca.resolution", cfg.pca.resolution, 3)
     if _number("pca.margin", cfg.pca.margin) < 0:
         raise ValueError(f"pca.margin={cfg.pca.margin} must be >= 0")
-    _int_at_least("num_levels", cfg.num_levels, 2)
+    check_int("num_levels", cfg.num_levels, 2)
     for key in ("width", "height", "dpi"):
         _number(f"figure.{key}", cfg.figure[key], positive=True)
     if not cfg.optimizers:

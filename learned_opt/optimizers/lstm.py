@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
-from .mlp import STEP_SCALES, grad_rms, reduce_dims
+from .mlp import check_scale, coordinate_grad_rms
 
 __all__ = ["LSTMOptimizer", "preprocess_gradient"]
 
@@ -119,12 +119,8 @@ class LSTMOptimizer(nn.Module):
         check_range("preprocess_p", preprocess_p, 0.0, low_inclusive=False)
         check_range("output_scale", output_scale, 0.0, low_inclusive=False)
         check_range("lr", lr, 0.0)
-        if step_scale not in STEP_SCALES:
-            raise ValueError(f"step_scale={step_scale!r} is not one of {', '.join(STEP_SCALES)}")
-        self.step_scale = step_scale
-        if input_scale not in STEP_SCALES:
-            raise ValueError(f"input_scale={input_scale!r} is not one of {', '.join(STEP_SCALES)}")
-        self.input_scale = input_scale
+        self.step_scale = check_scale("step_scale", step_scale)
+        self.input_scale = check_scale("input_scale", input_scale)
         self.hidden_size = hidden_size
         self.preprocess_p = float(preprocess_p)
         self.output_scale = float(output_scale)
@@ -165,8 +161,7 @@ class LSTMOptimizer(nn.Module):
         flat = {b: torch.cat([state[b][k].reshape(-1, H) for k in names]) for b in BUFFERS}
         dtype = g.dtype
         if "grad_rms" in (self.step_scale, self.input_scale):
-            rms = torch.cat([grad_rms(grads[k], reduce_dims(grads[k].dim(), self.population_dim))
-                             .expand_as(grads[k]).reshape(-1) for k in names]).to(dtype)
+            rms = coordinate_grad_rms(grads, names, self.population_dim).to(dtype)
         x = preprocess_gradient(g / rms if self.input_scale == "grad_rms" else g, self.preprocess_p)  # (N, 2)
         h0, c0 = _lstm_cell(x, flat["h0"], flat["c0"], self.cell0, dtype)
         h1, c1 = _lstm_cell(h0, flat["h1"], flat["c1"], self.cell1, dtype)

@@ -50,7 +50,8 @@ from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
 
-__all__ = ["MLPOptimizer", "STEP_SCALES", "grad_rms", "reduce_dims", "second_moment_normalize"]
+__all__ = ["MLPOptimizer", "STEP_SCALES", "check_scale", "coordinate_grad_rms", "grad_rms", "reduce_dims",
+           "second_moment_normalize"]
 
 DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
@@ -67,15 +68,32 @@ def reduce_dims(ndim: int, population_dim: int | None = None) -> tuple[int, ...]
 
 def second_moment_normalize(x: Tensor, dims: tuple[int, ...], eps: float = NORM_EPS) -> Tensor:
     """``x / sqrt(mean(x^2 over dims) + eps)``; with no dims (a scalar) the mean is ``x^2`` itself."""
+    return x * torch.rsqrt(_mean_square(x, dims) + eps)
+
+
+def _mean_square(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``mean(x^2 over dims)``, keeping dims; with no dims (a scalar), ``x^2`` itself."""
     sq = x * x
-    ms = sq.mean(dim=dims, keepdim=True) if dims else sq  # torch's mean(dim=()) would reduce everything
-    return x * torch.rsqrt(ms + eps)
+    return sq.mean(dim=dims, keepdim=True) if dims else sq  # torch's mean(dim=()) would reduce everything
 
 
 def grad_rms(x: Tensor, dims: tuple[int, ...], eps: float = NORM_EPS) -> Tensor:
     """``sqrt(mean(x^2 over dims) + eps)``, keeping dims (with no dims: ``sqrt(x^2 + eps)``)."""
-    sq = x * x
-    return torch.sqrt((sq.mean(dim=dims, keepdim=True) if dims else sq) + eps)
+    return torch.sqrt(_mean_square(x, dims) + eps)
+
+
+def coordinate_grad_rms(grads: Params, names: Sequence[str], population_dim: int | None = None) -> Tensor:
+    """Each tensor's :func:`grad_rms`, repeated for every one of its coordinates and concatenated in
+    ``names`` order: shape ``(sum of numels,)``, the layout in which the rules batch all coordinates."""
+    return torch.cat([grad_rms(g, reduce_dims(g.dim(), population_dim)).expand_as(g).reshape(-1)
+                      for g in (grads[k] for k in names)])
+
+
+def check_scale(field: str, value: str) -> str:
+    """``value`` when it is one of :data:`STEP_SCALES`; otherwise a ValueError naming the field."""
+    if value not in STEP_SCALES:
+        raise ValueError(f"{field}={value!r} is not one of {', '.join(STEP_SCALES)}")
+    return value
 
 
 def _momentum_key(decay: float) -> str:
@@ -121,9 +139,7 @@ class MLPOptimizer(nn.Module):
         check_range("exp_mult", exp_mult, 0.0, low_inclusive=False)
         check_range("step_mult", step_mult, 0.0, low_inclusive=False)
         check_range("lr", lr, 0.0)
-        if step_scale not in STEP_SCALES:
-            raise ValueError(f"step_scale={step_scale!r} is not one of {', '.join(STEP_SCALES)}")
-        self.step_scale = step_scale
+        self.step_scale = check_scale("step_scale", step_scale)
         self.hidden_sizes = [int(h) for h in hidden_sizes]
         self.decays = [float(d) for d in decays]
         self.step_timescales = [float(s) for s in step_timescales]
@@ -198,8 +214,7 @@ class MLPOptimizer(nn.Module):
         delta = direction * torch.exp(magnitude * self.exp_mult) * (self.step_mult * self.lr)
 
         if self.step_scale == "grad_rms":
-            delta = delta * torch.cat([grad_rms(grads[k], reduce_dims(grads[k].dim(), self.population_dim))
-                                       .expand_as(grads[k]).reshape(-1).to(delta.dtype) for k in names])
+            delta = delta * coordinate_grad_rms(grads, names, self.population_dim).to(delta.dtype)
         sizes = [params[k].numel() for k in names]
         new_params = {k: params[k] - d.view(params[k].shape).to(params[k].dtype)
                       for k, d in zip(names, delta.split(sizes))}
