@@ -26,6 +26,13 @@ step (``result.diverged_members`` lists the members that were bad). Stopping all
 members, rather than masking the bad one, keeps NaN out of every gradient: a
 masked member's NaN would still reach shared meta-parameters through the backward
 pass (0 * NaN = NaN). The divergence check is the loop's one host sync per step.
+
+``on_divergence="freeze"`` (populations, not differentiable: what the evolution-strategies
+estimators use) instead freezes only the bad members: from the step its loss went bad, a
+member keeps its last good params and state, and its recorded loss is clipped to the
+divergence threshold (``divergence_factor`` x its reference loss) for the remaining steps,
+while the other members go on. ``result.diverged`` and ``diverged_members`` say who froze;
+``result.losses`` has every step.
 """
 from __future__ import annotations
 
@@ -85,7 +92,7 @@ def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: in
            generator: Any, *, differentiable: bool | None = None, first_order: bool = False,
            divergence_factor: float = 1e3, reference_loss: float | Tensor | None = None,
            callback: Callable[[int, Params, Tensor], dict[str, Any] | None] | None = None,
-           callback_every: int = 0, progress: bool | str = False) -> UnrollResult:
+           callback_every: int = 0, progress: bool | str = False, on_divergence: str = "stop") -> UnrollResult:
     """Run ``steps`` updates of ``rule`` on ``task`` from ``(params, state)``.
 
     Args:
@@ -99,14 +106,23 @@ def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: in
         callback: ``callback(step, params, loss)`` every ``callback_every`` steps (and after the last
             update, with ``step == steps``); its returned dicts are collected in ``result.records``.
         progress: show a tqdm bar (a string is used as its description).
+        on_divergence: ``"stop"`` (the whole run stops at the first bad loss) or ``"freeze"``
+            (populations without a graph: bad members are frozen, the rest go on).
     """
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
+    if on_divergence not in ("stop", "freeze"):
+        raise ValueError(f"on_divergence={on_divergence!r} is not allowed; allowed: stop, freeze")
     if divergence_factor <= 1:
         raise ValueError(f"divergence_factor={divergence_factor} must be > 1")
     graph = needs_graph(rule, params, state) if differentiable is None else differentiable
     if graph and not torch.is_grad_enabled():
         raise RuntimeError("differentiable=True inside torch.no_grad(): enable grad mode to unroll differentiably")
+    freeze = on_divergence == "freeze"
+    if freeze and (graph or getattr(task, "population_size", None) is None):
+        raise ValueError("on_divergence='freeze' needs a population task and an unroll without a graph")
+    frozen: Tensor | None = None
+    first_bad: int | None = None
     losses: list[Tensor] = []
     records: list[dict[str, Any]] = []
     ref = reference_loss
@@ -149,8 +165,18 @@ def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: in
                 ref = value.clone()
             elif not isinstance(ref, Tensor) or ref.device != value.device:
                 ref = torch.as_tensor(ref, dtype=value.dtype).to(value.device).expand_as(value)
-            bad = ~torch.isfinite(value) | (value > divergence_factor * ref.abs().clamp_min(1e-12))
-            if bool(bad.any()):
+            threshold = divergence_factor * ref.abs().clamp_min(1e-12)
+            bad = ~torch.isfinite(value) | (value > threshold)
+            if freeze:
+                frozen = bad if frozen is None else frozen | bad
+                if first_bad is None and bool(frozen.any()):
+                    first_bad = step
+                if first_bad is not None:
+                    clip = torch.nan_to_num(threshold, nan=divergence_factor, posinf=divergence_factor)
+                    loss = torch.where(frozen, clip.to(value.dtype), value)
+                    grads = tuple(torch.where(_member_mask(frozen, g), torch.zeros_like(g), g) for g in grads)
+                    held = (params, state)
+            elif bool(bad.any()):
                 members = bad.nonzero().flatten().tolist()
                 i = members[0]
                 v, r = float(value[i]), float(ref[i])
@@ -168,10 +194,32 @@ def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: in
         else:
             with torch.no_grad():
                 params, state = rule.update(grads, state, {k: v.detach() for k, v in p.items()})
+                if freeze and first_bad is not None:
+                    params, state = _hold(frozen, held[0], params), _hold(frozen, held[1], state)
         losses.append(loss)
     if callback is not None and callback_every:
         record(steps, params, losses[-1] if losses else torch.tensor(float("nan")))
+    if freeze and first_bad is not None:
+        members = frozen.nonzero().flatten().tolist()
+        return UnrollResult(params, state, _stack(losses, params, task), True, first_bad,
+                            f"{len(members)} member(s) diverged and were frozen: {members}", records, members)
     return UnrollResult(params, state, _stack(losses, params, task), False, None, None, records)
+
+
+def _member_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """A population's per-member ``mask`` (N,) shaped to broadcast over ``like`` (N, ...)."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _hold(mask: Tensor, old: Any, new: Any) -> Any:
+    """``new`` with the members in ``mask`` taken from ``old`` (tensor leaves of matching pytrees)."""
+    if isinstance(new, Tensor):
+        return torch.where(_member_mask(mask, new), old, new) if new.dim() else new
+    if isinstance(new, dict):
+        return {k: _hold(mask, old[k], v) for k, v in new.items()}
+    if isinstance(new, (list, tuple)):
+        return type(new)(_hold(mask, o, v) for o, v in zip(old, new))
+    return new
 
 
 def _total(loss: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from learned_opt.meta.truncated import TruncatedBPTT
+from learned_opt.meta.bptt import TruncatedBPTT
 from learned_opt.optimizers import LSTMOptimizer
 from learned_opt.tasks import SingleTaskFamily, make_task
 

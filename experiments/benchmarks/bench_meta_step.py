@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 import baselines as B
-from learned_opt.meta.truncated import TruncatedBPTT
+from learned_opt.meta.bptt import TruncatedBPTT
 from learned_opt.optimizers import make_learned_rule
 from learned_opt.tasks import SingleTaskFamily, make_task
 from learned_opt.unroll import unroll

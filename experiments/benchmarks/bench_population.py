@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 import baselines as B
-from learned_opt.meta.truncated import TruncatedBPTT
+from learned_opt.meta.bptt import TruncatedBPTT
 from learned_opt.optimizers import make_learned_rule
 from learned_opt.population import PopulationTask
 from learned_opt.tasks import MLPFamily, make_task

@@ -1,6 +1,11 @@
-"""Meta-training: the truncated-BPTT meta-gradient estimator, the training loop and checkpoints."""
+"""Meta-training: the inner problems in flight, the meta-gradient estimators (truncated BPTT,
+truncated ES, PES), the training loop and checkpoints."""
+from .bptt import TruncatedBPTT
 from .checkpoint import CheckpointError, load_checkpoint, load_rule, save_checkpoint
-from .trainer import meta_train
-from .truncated import TruncatedBPTT
+from .es import TruncatedES
+from .inner import Estimate, InnerProblems
+from .pes import PES
+from .trainer import ESTIMATORS, build_estimator, meta_train
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_rule", "save_checkpoint", "meta_train", "TruncatedBPTT"]
+__all__ = ["CheckpointError", "ESTIMATORS", "Estimate", "InnerProblems", "PES", "TruncatedBPTT", "TruncatedES",
+           "build_estimator", "load_checkpoint", "load_rule", "meta_train", "save_checkpoint"]

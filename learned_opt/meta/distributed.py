@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .truncated import Estimate
+from .inner import Estimate
 
 __all__ = ["DistContext", "init_distributed", "shutdown", "broadcast_parameters", "all_reduce_estimate",
            "all_gather_objects", "ENV_VARS"]

@@ -3,9 +3,11 @@
     summary = meta_train(cfg, run_dir)            # cfg: the plain dict of configs/meta_train.yaml
     summary = meta_train(cfg, run_dir, resume=True)
 
-Per meta-step: :class:`~learned_opt.meta.truncated.TruncatedBPTT` advances
-``meta.tasks_per_step`` inner problems by one truncation and returns the mean
-meta-gradient of those that stayed finite; the gradient is clipped by norm and
+Per meta-step: the estimator chosen by ``meta.estimator`` (``bptt``:
+:class:`~learned_opt.meta.bptt.TruncatedBPTT`, ``es``: :class:`~learned_opt.meta.es.TruncatedES`,
+``pes``: :class:`~learned_opt.meta.pes.PES`; their options in the ``es:``/``pes:`` blocks)
+advances ``meta.tasks_per_step`` inner problems by one truncation and returns the mean
+meta-gradient estimate of those that counted; the gradient is clipped by norm and
 applied by the meta-optimizer (Adam by default). A step in which no task
 counted is skipped (and counted): NaN or Inf never reaches the meta-parameters.
 
@@ -17,7 +19,7 @@ problems in flight, so ``resume=True`` continues exactly where the run stopped
 
 Scaling options: ``meta.population`` (unroll that many tasks at once as one batched
 population), ``meta.checkpoint_segments`` (gradient checkpointing over segments of a
-truncation; see :mod:`~learned_opt.meta.truncated`) and ``distributed`` (data-parallel
+truncation; bptt only, see :mod:`~learned_opt.meta.bptt`) and ``distributed`` (data-parallel
 workers started by ``torchrun``; see :mod:`~learned_opt.meta.distributed`: the
 meta-gradient is averaged over all workers' tasks before clipping, rank 0 validates,
 logs and writes the checkpoints).
@@ -40,10 +42,14 @@ from ..tasks import make_family
 from ..unroll import unroll
 from ..utils import generator, resolve_device
 from .checkpoint import CheckpointError, load_checkpoint, rule_from_checkpoint, save_checkpoint
+from .inner import META_LOSSES
 from .distributed import (DistContext, all_gather_objects, all_reduce_estimate, broadcast_parameters,
                           init_distributed, shutdown)
-from .truncated import TruncatedBPTT
+from .bptt import TruncatedBPTT
+from .es import TruncatedES, check_es_options
+from .pes import PES
 
+ESTIMATORS = {"bptt": TruncatedBPTT, "es": TruncatedES, "pes": PES}
 META_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 # Config entries that may differ between a checkpoint and the run that resumes it.
 RESUMABLE_CHANGES = ("meta.steps", "meta.checkpoint_segments", "checkpoint_every", "wandb", "progress", "device")
@@ -77,6 +83,16 @@ def check_config(cfg: dict) -> None:
     if isinstance(segments, bool) or not isinstance(segments, int) or not 1 <= segments <= meta["truncation"]:
         raise ValueError(f"meta.checkpoint_segments={segments!r} must be an integer in "
                          f"[1, meta.truncation={meta['truncation']}] (1: no gradient checkpointing)")
+    estimator = meta.get("estimator", "bptt")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"meta.estimator={estimator!r} is not allowed; allowed: {', '.join(ESTIMATORS)}")
+    if estimator != "bptt":
+        block = cfg.get(estimator) or {}
+        check_es_options(block.get("std", 0.01), block.get("pairs", 4), estimator)
+    if meta.get("meta_loss", "mean") not in META_LOSSES:
+        raise ValueError(f"meta.meta_loss={meta.get('meta_loss')!r} is not allowed; allowed: {', '.join(META_LOSSES)}")
+    if not isinstance(meta.get("stagger", False), bool):
+        raise ValueError(f"meta.stagger={meta.get('stagger')!r} must be true or false")
     if not isinstance(cfg.get("distributed", False), bool):
         raise ValueError(f"distributed={cfg.get('distributed')!r} must be true or false")
     if meta.get("optimizer", "adam") not in META_OPTIMIZERS:
@@ -96,6 +112,21 @@ def build_rule(cfg: dict, device: torch.device) -> nn.Module:
     name = opt_cfg.pop("name")
     torch.manual_seed(cfg["seed"])  # the rule's initial meta-parameters
     return make_learned_rule(name, **opt_cfg).to(device)
+
+
+def build_estimator(cfg: dict, family, device: torch.device, rank: int = 0):
+    """The meta-gradient estimator named by ``meta.estimator``, over ``meta.tasks_per_step`` inner problems."""
+    meta = cfg["meta"]
+    name = meta.get("estimator", "bptt")
+    kw = dict(horizon=meta["horizon"], truncation=meta["truncation"], num_tasks=meta["tasks_per_step"],
+              device=device, generator=generator(cfg["seed"]), meta_loss=meta.get("meta_loss", "mean"),
+              divergence_factor=meta.get("divergence_factor", 1e3), population=meta.get("population", 1),
+              slot_offset=rank * meta["tasks_per_step"], stagger=meta.get("stagger", False))
+    if name == "bptt":
+        return TruncatedBPTT(family, first_order=meta.get("first_order", False),
+                             checkpoint_segments=meta.get("checkpoint_segments", 1), **kw)
+    block = cfg.get(name) or {}
+    return ESTIMATORS[name](family, std=block.get("std", 0.01), pairs=block.get("pairs", 4), **kw)
 
 
 def validation_loss(rule: nn.Module, family, cfg: dict, device: torch.device) -> float:
@@ -149,14 +180,7 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
     family = make_family(family_cfg.pop("name"), device=device, **family_cfg)
     rule = build_rule(cfg, device)
     meta_opt = META_OPTIMIZERS[meta.get("optimizer", "adam")](rule.parameters(), lr=meta["lr"])
-    estimator = TruncatedBPTT(family, horizon=meta["horizon"], truncation=meta["truncation"],
-                              num_tasks=meta["tasks_per_step"], device=device,
-                              generator=generator(cfg["seed"]), first_order=meta.get("first_order", False),
-                              meta_loss=meta.get("meta_loss", "mean"),
-                              divergence_factor=meta.get("divergence_factor", 1e3),
-                              population=meta.get("population", 1),
-                              checkpoint_segments=meta.get("checkpoint_segments", 1),
-                              slot_offset=rank * meta["tasks_per_step"])
+    estimator = build_estimator(cfg, family, device, rank)
     start, counters, elapsed_before = 0, {"diverged_truncations": 0, "skipped_steps": 0}, 0.0
     if resume:
         if not ckpt_path.exists():
@@ -217,6 +241,8 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
                 meta_opt.step()
                 row.update(meta_loss=est.meta_loss, inner_loss=est.inner_loss, grad_norm=float(norm))
             row["skipped_steps"] = counters["skipped_steps"]
+            if hasattr(rule, "current_hparams"):  # learned Adam / SGD: their hyperparameters as they move
+                row.update({f"hparam_{k}": v for k, v in rule.current_hparams().items()})
             if main and val_every and ((step + 1) % val_every == 0 or step + 1 == meta["steps"]):
                 row["val_loss"] = validation_loss(rule, family, cfg, device)
                 best = counters.get("best_val_loss", math.inf)
@@ -253,6 +279,8 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
 
 # Keys added after checkpoints were first written, with the value that older runs implicitly had.
 ADDED_KEYS = {"distributed": False, "meta.population": 1, "meta.checkpoint_segments": 1,
+              "meta.estimator": "bptt", "meta.stagger": False, "es.std": 0.01, "es.pairs": 4,
+              "pes.std": 0.01, "pes.pairs": 4,
               "optimizer.step_scale": "none", "optimizer.input_scale": "none"}
 
 
