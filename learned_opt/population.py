@@ -50,6 +50,7 @@ from torch import Tensor
 from .tasks.base import Batch, Params, Task, check_split, randint
 from .tasks.conv import ConvTask
 from .tasks.mlp import ACTIVATIONS, MLPTask
+from .tasks.noisy_quadratic import NoisyQuadraticTask
 from .tasks.quadratic import QuadraticTask
 
 __all__ = ["PopulationTask", "population_rule", "stack_trees", "unstack_tree", "MODES"]
@@ -125,6 +126,8 @@ def _signature(task: Task) -> tuple | None:
                 task.dataset.num_classes)
     if isinstance(task, QuadraticTask):
         return ("quadratic", type(task), task.dim)
+    if isinstance(task, NoisyQuadraticTask):
+        return ("vmap", type(task), task.dim, task.decay, task.noise, task.dtype)
     if isinstance(task, ConvTask):
         return ("vmap", type(task), task.channels, tuple(task.dataset.input_shape), task.dataset.num_classes)
     return None

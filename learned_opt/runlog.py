@@ -114,3 +114,16 @@ def read_wandb_run(run_dir: str | Path) -> list[dict]:
     out = subprocess.run([exe, "leet", "inspect", "--json", str(run_dir)], check=True,
                          capture_output=True, text=True, timeout=120)
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip().startswith("{")]
+
+
+def read_metrics(run_dir: str | Path, jsonl: str = "metrics.jsonl") -> list[dict]:
+    """The rows of a run's local metrics log, in order (a torn last line, from a kill mid-write, is skipped)."""
+    path = Path(run_dir) / jsonl
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ["bench_meta_step", "bench_vs_higher", "bench_population", "bench_flops", "bench_memory"]
+BENCHMARKS = ["bench_meta_step", "bench_vs_higher", "bench_population", "bench_flops", "bench_memory", "bench_estimators"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

@@ -110,3 +110,21 @@ def test_two_gloo_workers_equal_each_other_and_one_process_with_all_tasks(tmp_pa
     resumed = spawn(tmp_path / "resumed", cfg, resume=True)
     for k in workers[0]:
         assert torch.equal(resumed[0][k], workers[0][k]), k
+
+
+@pytest.mark.parametrize("estimator", ["es", "pes"])
+def test_gloo_workers_with_an_evolution_strategies_estimator_equal_one_process(tmp_path, estimator):
+    base = copy.deepcopy(CFG)
+    base["meta"].update(estimator=estimator, steps=3)
+    base[estimator] = {"std": 0.01, "pairs": 2}
+    cfg = copy.deepcopy(base)
+    cfg["distributed"] = True
+    workers = spawn(tmp_path / "dist", cfg)
+    single_cfg = copy.deepcopy(base)
+    single_cfg["meta"]["tasks_per_step"] = WORLD * PER_WORKER
+    meta_train(single_cfg, tmp_path / "single")
+    single = load_checkpoint(tmp_path / "single" / "checkpoint.pt")["meta_params"]
+    for k in workers[0]:
+        assert torch.equal(workers[0][k], workers[1][k]), k
+    # the workers' perturbations are those of the same slots in one process: the same estimate
+    assert_close_params(workers[0], single, rtol=1e-5, atol=1e-6)

@@ -88,3 +88,39 @@ def plot_meta_loss(run_dir: str | Path) -> Path | None:
     ax.set_title(f"Meta-training ({run_dir.name})")
     ax.grid(True, alpha=0.3)
     return save_figure(fig, run_dir / "meta_loss.png")
+
+
+def plot_meta_learned_lr(histories: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+                         grid_lrs: Sequence[float], grid_losses: np.ndarray, path: str | Path, *,
+                         exact: tuple[Sequence[float], Sequence[float]] | None = None, title: str = "") -> Path:
+    """Left: the meta-learned lr per meta-step for each estimator, with the grid optimum drawn.
+    Right: the full-horizon objective over the lr grid (median and IQR over seeds; the exact
+    expectation where known), with each estimator's final lr marked."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
+    grid_lrs = np.asarray(grid_lrs, dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mid = np.nanmedian(grid_losses, axis=1)
+        lo, hi = np.nanpercentile(grid_losses, 25, axis=1), np.nanpercentile(grid_losses, 75, axis=1)
+    best = float(grid_lrs[np.nanargmin(mid)])
+    for i, (name, (steps, lrs)) in enumerate(histories.items()):
+        left.plot(steps, lrs, color=f"C{i}", lw=1.6, label=name)
+        final = float(np.exp(np.mean(np.log(lrs[-max(1, len(lrs) // 10):]))))  # geometric mean, last 10%
+        right.axvline(final, color=f"C{i}", ls=":", lw=1.5, label=f"{name}: final lr {final:.3g}")
+    left.axhline(best, color="k", ls="--", lw=1.2, label=f"grid optimum (measured) {best:.3g}")
+    if exact is not None:
+        ex_lrs, ex_losses = np.asarray(exact[0]), np.asarray(exact[1])
+        ex_best = float(ex_lrs[np.argmin(ex_losses)])
+        left.axhline(ex_best, color="0.5", ls="-.", lw=1.2, label=f"optimum (exact expectation) {ex_best:.3g}")
+        right.plot(ex_lrs, ex_losses, color="0.4", lw=1.2, label="exact expectation")
+    right.plot(grid_lrs, mid, "o-", color="k", ms=3, lw=1, label="measured (median, IQR over seeds)")
+    right.fill_between(grid_lrs, lo, hi, color="k", alpha=0.15, lw=0)
+    left.set(xlabel="meta-step", ylabel="learning rate", yscale="log", title="meta-learned lr")
+    right.set(xlabel="learning rate", ylabel="mean training loss over the full horizon", xscale="log",
+              yscale="log", title="full-horizon objective over the lr grid")
+    for ax in (left, right):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)

@@ -98,8 +98,9 @@ class LearnedAdam(nn.Module):
 class LearnedSGD(nn.Module):
     """SGD with momentum, a meta-learned per-step schedule ``log_lrs`` and ``logit_momentum``.
 
-    Args (initial values): ``lr > 0`` (every entry of the schedule), ``momentum`` in (0, 1),
-    ``steps``: length of the learned schedule (a positive integer; the meta-training horizon).
+    Args (initial values): ``lr > 0`` (every entry of the schedule), ``momentum`` in (0, 1), or
+    exactly 0 for plain SGD (then no momentum is learned: only the schedule), ``steps``: length of
+    the learned schedule (a positive integer; the meta-training horizon; 1: one constant lr).
     """
 
     hparam_names = ("lr",)
@@ -107,13 +108,17 @@ class LearnedSGD(nn.Module):
     def __init__(self, lr: float = 0.1, momentum: float = 0.9, steps: int = 100):
         super().__init__()
         check_range("lr", lr, 0.0, low_inclusive=False)
-        _check_open_unit("momentum", momentum)
+        if momentum != 0:
+            _check_open_unit("momentum", momentum)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
             raise ValueError(f"steps={steps!r} must be a positive integer")
         self._config = {"lr": float(lr), "momentum": float(momentum), "steps": int(steps)}
         self.steps = int(steps)
         self.log_lrs = nn.Parameter(torch.full((steps,), math.log(lr)))
-        self.logit_momentum = nn.Parameter(torch.tensor(_logit(momentum)))
+        if momentum != 0:
+            self.logit_momentum = nn.Parameter(torch.tensor(_logit(momentum)))
+        else:
+            self.logit_momentum = None  # plain SGD
         self.lr = 1.0  # output multiplier, not the learned lr (see the module docstring)
 
     def config(self) -> dict[str, Any]:
@@ -132,16 +137,21 @@ class LearnedSGD(nn.Module):
 
     def rule(self) -> SGD:
         """The hand-crafted SGD with the current (differentiable) schedule and momentum."""
-        return SGD.unchecked(lr=self.learning_rate, momentum=torch.sigmoid(self.logit_momentum))
+        return SGD.unchecked(lr=self.learning_rate, momentum=self._momentum())
+
+    def _momentum(self) -> torch.Tensor | float:
+        return 0.0 if self.logit_momentum is None else torch.sigmoid(self.logit_momentum)
 
     def current_hparams(self) -> dict[str, float]:
         """Plain floats for logging: the schedule's first, last, min and max lr, and the momentum."""
         with torch.no_grad():
             lrs = self.lr * self.log_lrs.exp()
             return {"lr": float(lrs[0]), "lr_last": float(lrs[-1]), "lr_min": float(lrs.min()),
-                    "lr_max": float(lrs.max()), "momentum": float(torch.sigmoid(self.logit_momentum))}
+                    "lr_max": float(lrs.max()), "momentum": float(self._momentum())}
 
     def init(self, params: Params) -> State:
+        if self.logit_momentum is None:
+            return SGD().init(params)          # plain SGD: {"step": 0}
         return SGD(momentum=0.5).init(params)  # {"step": 0, "momentum_buffer": zeros}
 
     def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:

@@ -17,11 +17,13 @@ from .base import Batch, Params, SingleTaskFamily, Task, TaskFamily, choose
 from .conv import ConvTask
 from .datasets import DATASETS, Dataset, clear_cache, download, make_dataset, read_idx
 from .mlp import ACTIVATIONS, LogRegTask, MLPFamily, MLPTask
+from .noisy_quadratic import NoisyQuadraticTask
 from .quadratic import QuadraticFamily, QuadraticTask
 from .surfaces import SURFACES, Surface
 
 TASKS: dict[str, Callable[..., Task]] = {
     "quadratic": QuadraticTask,
+    "noisy_quadratic": NoisyQuadraticTask,
     "mlp": MLPTask,
     "logreg": LogRegTask,
     "conv": ConvTask,
@@ -53,6 +55,6 @@ def make_family(name: str, **kwargs: Any) -> TaskFamily:
 
 __all__ = [
     "ACTIVATIONS", "Batch", "ConvTask", "DATASETS", "Dataset", "FAMILIES", "LogRegTask", "MLPFamily",
-    "MLPTask", "Params", "QuadraticFamily", "QuadraticTask", "SURFACES", "SingleTaskFamily", "Surface",
+    "MLPTask", "NoisyQuadraticTask", "Params", "QuadraticFamily", "QuadraticTask", "SURFACES", "SingleTaskFamily", "Surface",
     "TASKS", "Task", "TaskFamily", "clear_cache", "download", "make_dataset", "make_family", "make_task", "read_idx",
 ]

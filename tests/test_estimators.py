@@ -1,0 +1,276 @@
+"""Meta-gradient estimators (truncated BPTT, truncated ES, PES) against independent references.
+
+The reference problem is the noise-free noisy quadratic: SGD with lr = exp(x) on
+L = 1/2 sum_i h_i theta_i^2 from theta_0 ~ N(0, I) has the expected loss after k steps
+1/2 sum_i h_i (1 - lr h_i)^(2k) in closed form, so the gradient of the meta-objective with
+respect to x, and its Gaussian smoothing (by Gauss-Hermite quadrature), are known exactly.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from learned_opt.meta import ESTIMATORS, PES, TruncatedBPTT, TruncatedES, meta_train
+from learned_opt.meta.checkpoint import load_checkpoint
+from learned_opt.optimizers import LearnedSGD, make_learned_rule
+from learned_opt.optimizers.batched import MemberRule, meta_vector, unflatten_meta
+from learned_opt.population import PopulationTask
+from learned_opt.tasks import make_family
+from learned_opt.unroll import unroll
+
+CPU = torch.device("cpu")
+FAMILY = make_family("single_task", task="noisy_quadratic", dim=5, decay=1.0, noise=0.0)
+X0 = math.log(0.3)
+
+
+def objective(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """Expected mean loss over ``steps`` SGD steps with lr = exp(x) (closed form)."""
+    return FAMILY.task.expected_losses(torch.exp(x), steps).mean(-1)
+
+
+def smoothed_gradient(x: float, sigma: float, steps: int, nodes: int = 40) -> float:
+    """d/dx E_z[objective(x + sigma z)], z ~ N(0, 1), by Gauss-Hermite quadrature."""
+    t, w = np.polynomial.hermite.hermgauss(nodes)
+    xs = torch.tensor(x + math.sqrt(2) * sigma * t, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(objective(xs, steps).sum(), xs)
+    return float((torch.tensor(w) * g).sum() / math.sqrt(math.pi))
+
+
+def sgd_rule() -> LearnedSGD:
+    return LearnedSGD(lr=math.exp(X0), momentum=0.0, steps=1)
+
+
+def make(cls, horizon, truncation, seed=0, **kw):
+    return cls(FAMILY, horizon=horizon, truncation=truncation, num_tasks=16, population=16, device=CPU,
+               generator=torch.Generator().manual_seed(seed), **kw)
+
+
+def test_es_estimates_the_gradient_of_the_gaussian_smoothed_meta_loss():
+    K, sigma = 5, 0.3
+    est = make(TruncatedES, K, K, std=sigma, pairs=2)
+    rule = sgd_rule()
+    g = np.array([float(est.estimate(rule).grads[0]) for _ in range(256)])
+    reference = smoothed_gradient(X0, sigma, K)
+    se = g.std(ddof=1) / math.sqrt(len(g))
+    assert abs(g.mean() - reference) < 3 * se, (g.mean(), reference, se)
+    # the error of a mean of n estimates shrinks like 1/sqrt(n): RMS error of means of 2 vs of 32
+    rms = {n: math.sqrt(np.mean((g.reshape(-1, n).mean(1) - reference) ** 2)) for n in (2, 32)}
+    assert 2.0 < rms[2] / rms[32] < 8.0, rms  # sqrt(32 / 2) = 4
+
+
+def test_pes_agrees_with_the_full_horizon_gradient_while_truncated_es_and_bptt_do_not():
+    T, K = 20, 5
+    full = smoothed_gradient(X0, 1e-9, T)  # d/dx of the mean loss over the whole horizon
+    rule = sgd_rule()
+    means = {}
+    for name, cls, kw in (("pes", PES, dict(std=0.01, pairs=2)), ("es", TruncatedES, dict(std=0.01, pairs=2)),
+                          ("bptt", TruncatedBPTT, {})):
+        est = make(cls, T, K, seed=1, **kw)
+        # all slots in lockstep: the mean of the T / K estimates of one horizon is one full-horizon sample
+        per_horizon = np.array([np.mean([float(est.estimate(rule).grads[0]) for _ in range(T // K)])
+                                for _ in range(40)])
+        means[name] = (per_horizon.mean(), per_horizon.std(ddof=1) / math.sqrt(len(per_horizon)))
+    mean, se = means["pes"]
+    assert abs(mean - full) < 3 * se, (means, full)
+    for name in ("es", "bptt"):  # short-horizon bias: they see only the lr's effect within a truncation
+        mean, se = means[name]
+        assert abs(mean - full) > 5 * se and abs(mean - full) > 0.3 * abs(full), (name, means, full)
+    truncated = smoothed_gradient(X0, 1e-9, K)  # sanity: the bias is large on this problem
+    assert abs(truncated - full) > 0.1
+
+
+def _roundtrip(sd: dict) -> dict:
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@pytest.mark.parametrize("cls", [TruncatedES, PES])
+def test_resume_from_state_dict_continues_bitwise(cls):
+    rule = make_learned_rule("mlp", hidden_sizes=[8])
+    family = make_family("mlp_family", datasets=["digits"], widths=[8], depths=[1], activations=["tanh"],
+                         batch_size=16)
+    kw = dict(horizon=6, truncation=2, num_tasks=2, device=CPU, std=0.01, pairs=2, stagger=True)
+    a = cls(family, generator=torch.Generator().manual_seed(4), **kw)
+    for _ in range(4):
+        a.estimate(rule)
+    saved = _roundtrip(a.state_dict())
+    b = cls(family, generator=torch.Generator().manual_seed(99), **kw)
+    b.load_state_dict(saved, rule)
+    for _ in range(5):  # crosses resets of the inner problems
+        ea, eb = a.estimate(rule), b.estimate(rule)
+        assert ea.meta_loss == eb.meta_loss
+        for x, y in zip(ea.grads, eb.grads):
+            assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("cls", [TruncatedES, PES])
+def test_a_diverging_particle_is_clipped_and_counted_and_nothing_is_nan(cls):
+    # lr 1.5 with perturbations of std 1 in log lr: the particles with lr > 2 blow up on h_1 = 1
+    rule = LearnedSGD(lr=1.5, momentum=0.0, steps=1)
+    fam = make_family("single_task", task="noisy_quadratic", dim=5, decay=1.0, noise=0.0)
+    est = cls(fam, horizon=40, truncation=20, num_tasks=4, population=4, device=CPU,
+              generator=torch.Generator().manual_seed(0), std=1.0, pairs=4, divergence_factor=10.0)
+    clipped = 0
+    for _ in range(4):
+        e = est.estimate(rule)
+        clipped += e.diverged
+        assert e.grads is not None and all(torch.isfinite(g).all() for g in e.grads)
+        assert math.isfinite(e.meta_loss) and math.isfinite(e.inner_loss)
+        assert e.counted == 4  # clipped particles still count
+    assert clipped > 0
+
+
+def test_meta_parameters_stay_finite_when_particles_diverge(tmp_path):
+    cfg = {"seed": 0, "device": "cpu", "progress": False, "checkpoint_every": 0, "distributed": False,
+           "optimizer": {"name": "learned_sgd", "lr": 1.5, "momentum": 0.0, "steps": 1},
+           "family": {"name": "single_task", "task": "noisy_quadratic", "dim": 5, "noise": 0.0},
+           "meta": {"estimator": "pes", "steps": 6, "horizon": 20, "truncation": 5, "tasks_per_step": 2,
+                    "optimizer": "adam", "lr": 0.1, "clip_grad_norm": None, "meta_loss": "mean",
+                    "divergence_factor": 10.0},
+           "pes": {"std": 1.0, "pairs": 4}, "validation": {"every": 0}, "wandb": {"mode": "disabled"}}
+    summary = meta_train(cfg, tmp_path / "run")
+    assert summary["diverged_truncations"] > 0 and summary["skipped_steps"] == 0
+    params = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["meta_params"]
+    assert all(torch.isfinite(v).all() for v in params.values())
+
+
+@pytest.mark.parametrize("name", ["lstm", "mlp", "learned_adam"])
+def test_member_rule_equals_each_member_updated_by_its_own_copy_of_the_rule(name):
+    torch.manual_seed(0)
+    rule = make_learned_rule(name)
+    thetas = meta_vector(rule) + 0.05 * torch.randn(3, meta_vector(rule).numel())
+    params = {"w": torch.randn(3, 4, 5), "b": torch.randn(3, 5)}
+    grads = [{"w": torch.randn(3, 4, 5), "b": torch.randn(3, 5)} for _ in range(2)]
+    batched = MemberRule(rule, thetas)
+    with torch.no_grad():
+        p, s = params, batched.init(params)
+        for g in grads:
+            p, s = batched.update(g, s, p)
+    for i in range(3):
+        own = make_learned_rule(name)
+        own.load_state_dict({**rule.state_dict(), **unflatten_meta(rule, thetas[i])})
+        q = {k: v[i] for k, v in params.items()}
+        with torch.no_grad():
+            st = own.init(q)
+            for g in grads:
+                q, st = own.update({k: v[i] for k, v in g.items()}, st, q)
+        for k in q:
+            torch.testing.assert_close(p[k][i], q[k], rtol=1e-6, atol=1e-7)
+
+
+def test_unroll_freeze_stops_only_the_diverging_member():
+    task = FAMILY.task
+    pop = PopulationTask([task, task])
+    rule = LearnedSGD(lr=0.3, momentum=0.0, steps=1)
+    thetas = torch.tensor([[math.log(0.3)], [math.log(3.0)]])   # member 1: lr 3 > 2 / h_1, diverges
+    gens = [torch.Generator().manual_seed(0) for _ in range(2)]
+    params = pop.init_params(gens)
+    member = MemberRule(rule, thetas)
+    with torch.no_grad():
+        res = unroll(pop, member, params, member.init(params), 12, gens, divergence_factor=10.0,
+                     on_divergence="freeze")
+    assert res.diverged and res.diverged_members == [1] and res.losses.shape == (12, 2)
+    ref = float(res.losses[0, 1])
+    clipped = res.losses[res.diverged_at:, 1]
+    torch.testing.assert_close(clipped, torch.full_like(clipped, 10.0 * ref))
+    alone = unroll(task, rule, {"theta": params["theta"][0]}, rule.init({"theta": params["theta"][0]}), 12,
+                   torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.losses[:, 0], alone.losses)
+    torch.testing.assert_close(res.params["theta"][0], alone.params["theta"])
+    assert torch.isfinite(res.params["theta"]).all()
+
+
+def test_unknown_estimator_lists_the_choices_and_bad_options_are_named(tmp_path):
+    from learned_opt.meta.trainer import check_config
+    base = {"seed": 0, "optimizer": {"name": "mlp"}, "family": {"name": "quadratic_family"},
+            "meta": {"steps": 1, "horizon": 4, "truncation": 2, "tasks_per_step": 1, "lr": 0.01},
+            "wandb": {"mode": "disabled"}}
+    bad = copy.deepcopy(base)
+    bad["meta"]["estimator"] = "reinforce"
+    with pytest.raises(ValueError, match="bptt, es, pes"):
+        check_config(bad)
+    bad = copy.deepcopy(base)
+    bad["meta"]["estimator"] = "pes"
+    bad["pes"] = {"std": -1.0, "pairs": 2}
+    with pytest.raises(ValueError, match=r"pes\.std"):
+        check_config(bad)
+    assert set(ESTIMATORS) == {"bptt", "es", "pes"}
+
+
+def test_lr_sweep_matches_the_closed_form_expectation_of_the_noisy_quadratic():
+    from learned_opt.evaluation.sweep import lr_sweep
+    from learned_opt.tasks import make_task
+    task = make_task("noisy_quadratic", dim=20, decay=1.0, noise=1.0)
+    lrs = [0.03, 0.3, 1.0, 2.5]                  # 2.5 > 2 / h_1: diverges
+    measured = lr_sweep(task, "sgd", lrs, steps=200, seeds=list(range(64)))
+    exact = task.expected_losses(torch.tensor(lrs[:3], dtype=torch.float64), 200).mean(-1).numpy()
+    np.testing.assert_allclose(measured[:3].mean(1), exact, rtol=0.06)
+    assert np.isnan(measured[3]).all()
+
+
+def _meta_cfg(estimator: str, steps: int) -> dict:
+    return {"seed": 1, "device": "cpu", "progress": False, "checkpoint_every": 2, "distributed": False,
+            "optimizer": {"name": "mlp", "hidden_sizes": [8]},
+            "family": {"name": "mlp_family", "datasets": ["digits"], "widths": [8], "depths": [1],
+                       "activations": ["tanh"], "batch_size": 16},
+            "meta": {"estimator": estimator, "steps": steps, "horizon": 6, "truncation": 2, "tasks_per_step": 2,
+                     "optimizer": "adam", "lr": 0.01, "clip_grad_norm": 1.0, "meta_loss": "log_ratio",
+                     "divergence_factor": 1000.0, "stagger": True},
+            "es": {"std": 0.01, "pairs": 2}, "pes": {"std": 0.01, "pairs": 2},
+            "validation": {"every": 0}, "wandb": {"mode": "disabled"}}
+
+
+@pytest.mark.parametrize("estimator", ["es", "pes"])
+def test_meta_training_resumes_bitwise_for_every_estimator(tmp_path, estimator, monkeypatch):
+    cfg = _meta_cfg(estimator, 5)
+    meta_train(copy.deepcopy(cfg), tmp_path / "full")
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["meta_params"]
+    cls = ESTIMATORS[estimator]
+    real, calls = cls.estimate, {"n": 0}
+
+    def interrupted(self, rule):
+        calls["n"] += 1
+        if calls["n"] == 4:  # dies in meta-step 4; the last checkpoint is at step 2
+            raise KeyboardInterrupt
+        return real(self, rule)
+
+    monkeypatch.setattr(cls, "estimate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(copy.deepcopy(cfg), tmp_path / "cut")
+    monkeypatch.setattr(cls, "estimate", real)
+    meta_train(copy.deepcopy(cfg), tmp_path / "cut", resume=True)
+    resumed = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["meta_params"]
+    assert any(not torch.equal(full[k], make_learned_rule("mlp", hidden_sizes=[8]).state_dict()[k]) for k in full)
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+
+
+def test_short_horizon_bias_experiment_end_to_end(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "shb"
+    proc = subprocess.run([sys.executable, str(root / "experiments" / "short_horizon_bias.py"),
+                           f"hydra.run.dir={run_dir}", "horizon=40", "meta.steps=6", "meta.truncation=10",
+                           "meta.tasks_per_step=2", "grid.lrs=3", "grid.seeds=2", "task.dim=10"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (run_dir / "table.md").read_text()
+    for name in ("bptt", "es", "pes", "grid (measured)"):
+        assert f"| {name} |" in table
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["results"]) == {"bptt", "es", "pes"}
+    assert (run_dir / "lr.png").stat().st_size > 20_000
+    for name in ("bptt", "es", "pes"):  # each estimator moved the lr from where it started
+        assert results["results"][name]["final_lr"] != pytest.approx(0.05, rel=1e-6)
