@@ -65,7 +65,7 @@ def meta_loss(rule: nn.Module, task: Quadratic, steps: int = 3) -> torch.Tensor:
 # Rules as the tests build them. The MLP gets a larger step_mult so its effect on the
 # loss is far above rounding noise in the finite-difference check.
 RULE_KWARGS = {"lstm": {}, "mlp": {"step_mult": 0.1}, "learned_adam": {"lr": 0.05},
-               "learned_sgd": {"lr": 0.05, "steps": 5}}
+               "learned_sgd": {"lr": 0.05, "steps": 5}, "celo": {"step_mult": 0.1}}
 
 
 # --------------------------------------------------------------------------- formulas

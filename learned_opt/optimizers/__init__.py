@@ -19,12 +19,14 @@ from torch import nn
 from .hyper import LearnedAdam, LearnedSGD
 from .lstm import LSTMOptimizer, preprocess_gradient
 from .mlp import MLPOptimizer, reduce_dims, second_moment_normalize
+from .normalized import NormalizedMLPOptimizer
 
 __all__ = ["LEARNED_RULES", "make_learned_rule", "LSTMOptimizer", "MLPOptimizer", "LearnedAdam",
-           "LearnedSGD", "preprocess_gradient", "reduce_dims", "second_moment_normalize"]
+           "LearnedSGD", "NormalizedMLPOptimizer", "preprocess_gradient", "reduce_dims", "second_moment_normalize"]
 
 LEARNED_RULES: dict[str, type[nn.Module]] = {
     "lstm": LSTMOptimizer, "mlp": MLPOptimizer, "learned_adam": LearnedAdam, "learned_sgd": LearnedSGD,
+    "celo": NormalizedMLPOptimizer,
 }
 
 

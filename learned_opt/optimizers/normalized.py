@@ -1,0 +1,302 @@
+"""A small per-parameter MLP optimizer whose update is normalised per tensor at every step.
+
+The general-purpose rule of issue 12, in the spirit of Celo/Celo2 (a tiny MLP update rule,
+RMS-normalised output) and of Metz et al.'s per-parameter MLP optimizers. For every parameter
+tensor ``w`` with gradient ``g`` (``t`` = ``state["step"]``, the number of updates made before
+this one; ``H`` = the horizon given to :meth:`NormalizedMLPOptimizer.init`, if any)::
+
+    m_d  <- d * m_d + (1 - d) * g                 for each d in ``decays``      (momenta)
+    v_b  <- b * v_b + (1 - b) * g^2               for each b in ``rms_decays``  (second moments)
+    feats = [g, w, m_d..., g / sqrt(v_b + eps)..., m_d / sqrt(v_b + eps)...]   (per coordinate)
+    feats <- feats / sqrt(mean_over_tensor(feats^2) + eps)     (each feature normalised over the tensor)
+    time  = [tanh(t / s) for s in step_timescales] + [min(t / H, 1), 1]   ([..., 0, 0] without H)
+    x     = [feats, time]
+    d     = skip . x + MLP(x)[0]                                (direction, per coordinate)
+    u     = d / sqrt(mean_over_tensor(d^2) + eps)               (unit RMS over the tensor)
+    s     = 2 * sigmoid(mean_over_tensor(MLP(x)[1]))            (only with magnitude=True; else 1)
+    w    <- w * (1 - step_mult * lr * weight_decay) - step_mult * lr * exp(log_scale) * s * u
+
+So with ``magnitude=False`` the root mean square of every tensor's step is exactly
+``step_mult * lr * exp(log_scale)``, whatever the gradient's scale; ``magnitude=True`` adds a
+learned per-tensor step size in ``(0, 2)`` times that (a learned schedule: it sees the step and
+fraction-of-horizon features). All features are normalised, so the step does not depend on
+the scale of the gradient or of the parameters (for RMS values well above ``sqrt(eps)``).
+
+``bias_rule="adam"``: tensors with at most one dim (biases, gains, scalars) skip the MLP and
+take a plain Adam step (betas 0.9 / 0.999, eps 1e-8, with bias correction, from the
+``momentum_0.9`` and ``rms_0.999`` buffers), times ``step_mult * lr * exp(log_bias_scale)``
+(``sqrt(v + eps)`` in place of ``sqrt(v)``: the same numbers, and a finite derivative at ``v = 0``).
+
+Initialisation: ``skip`` is one-hot on the Adam-like feature ``m_0.9 / sqrt(v_0.999)`` (the
+decays nearest to 0.9 and 0.999; the momentum nearest to 0.9 without ``rms_decays``) and the
+MLP's last layer is scaled by 0.01, so the untrained rule already takes a per-tensor normalised
+Adam step; meta-training starts from a working optimizer. ``log_scale`` and ``log_bias_scale``
+start at 0 (learned with ``learn_scale=True``, fixed buffers otherwise; ``log_bias_scale`` exists
+only with ``bias_rule="adam"``).
+
+State (the :mod:`baselines.base` convention)::
+
+    {"step": int,
+     "momentum_<d>": {name: Tensor(param.shape)}, ...,    # one per decay, e.g. "momentum_0.9"
+     "rms_<b>": {name: Tensor(param.shape)}, ...,         # one per rms decay, e.g. "rms_0.999"
+     "horizon": int}                                      # only when init was given a horizon
+
+Sign convention as in :mod:`.mlp`: ``new = w - step``, a positive direction moves against the
+gradient-like features.
+
+Batched populations: every per-tensor reduction skips ``population_dim`` when it is set (see
+:func:`learned_opt.population.population_rule`). Batched meta-parameters: ``update`` has no
+host syncs, no data-dependent control flow and no in-place ops, so it runs under
+``torch.func.vmap`` over stacked meta-parameters given through ``torch.func.functional_call``
+(with or without stacked inner params and state; the int step and horizon stay outside).
+Devices and dtypes as in :mod:`.mlp`: meta-parameters are cast to the features' dtype.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from baselines.base import Params, State, check_keys, check_range
+from .mlp import reduce_dims, second_moment_normalize
+
+__all__ = ["NormalizedMLPOptimizer", "BIAS_RULES"]
+
+DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999)
+RMS_DECAYS = (0.95, 0.999)
+TIMESCALES = (1, 10, 100, 1000, 10000)
+BIAS_RULES = ("mlp", "adam")
+EPS = 1e-20                 # in every normalisation: RMS values down to ~1e-10 are normalised exactly;
+                            # small enough for scale invariance, large enough that float32 backward
+                            # passes through rsqrt stay finite at exactly zero inputs
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8   # the bias path's Adam
+INIT_OUT_SCALE = 0.01       # the MLP's last layer starts this much smaller than torch's default
+NUM_TIME_HORIZON = 2        # fraction-of-horizon features: [min(t / H, 1), 1] (zeros without H)
+
+
+def _momentum_key(decay: float) -> str:
+    return f"momentum_{decay:g}"
+
+
+def _rms_key(decay: float) -> str:
+    return f"rms_{decay:g}"
+
+
+def _decay_list(field: str, values: Sequence[float], key, allow_empty: bool) -> list[float]:
+    values = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values]
+    if not values and not allow_empty:
+        raise ValueError(f"{field}=[] must name at least one decay in (0, 1)")
+    for i, d in enumerate(values):
+        check_range(f"{field}[{i}]", d, 0.0, 1.0, low_inclusive=False)
+    if len({key(d) for d in values}) != len(values):
+        raise ValueError(f"{field}={values!r} must be distinct")
+    return values
+
+
+class NormalizedMLPOptimizer(nn.Module):
+    """Per-parameter MLP learned optimizer with per-tensor normalised steps; see the module docstring.
+
+    Args:
+        hidden_sizes: widths of the ReLU hidden layers (``(8, 8)``).
+        decays: momentum decays, each in (0, 1), distinct.
+        rms_decays: decays of the EMAs of ``g^2`` behind the Adam-like features (may be empty).
+        step_timescales: the ``s`` of the step embeddings ``tanh(t / s)``, each > 0.
+        step_mult: the step's RMS per tensor before the learned scale (``1e-3``), > 0.
+        lr: plain output multiplier (1.0); the one hyperparameter exposed to
+            :class:`baselines.adapter.RuleOptimizer` (torch lr schedulers scale the steps with it).
+        magnitude: learn a per-tensor step size ``2 * sigmoid(mean(MLP output 2))`` in (0, 2).
+        learn_scale: ``log_scale`` (and ``log_bias_scale``) are meta-parameters; else fixed at 0.
+        weight_decay: decoupled weight decay ``w <- w * (1 - step_mult * lr * weight_decay)``, >= 0.
+        bias_rule: ``"mlp"`` (every tensor through the MLP) or ``"adam"`` (tensors with at most
+            one dim take an Adam step; needs 0.9 in ``decays`` and 0.999 in ``rms_decays``).
+
+    Meta-parameters: ``layers`` (``nn.Linear``s, torch's default initialisation from torch's global
+    RNG, last layer scaled by 0.01), ``skip`` (the linear direction term) and, with
+    ``learn_scale``, ``log_scale`` (and ``log_bias_scale`` with ``bias_rule="adam"``).
+    """
+
+    hparam_names = ("lr",)
+    population_dim: int | None = None  # set to skip a leading population dim in every reduction
+    uses_horizon = True                # init(params, horizon=...) gives fraction-of-horizon features
+
+    def __init__(self, hidden_sizes: Sequence[int] = (8, 8), decays: Sequence[float] = DECAYS,
+                 rms_decays: Sequence[float] = RMS_DECAYS, step_timescales: Sequence[float] = TIMESCALES,
+                 step_mult: float = 1e-3, lr: float = 1.0, magnitude: bool = True, learn_scale: bool = True,
+                 weight_decay: float = 0.0, bias_rule: str = "mlp"):
+        super().__init__()
+        hidden_sizes = list(hidden_sizes)
+        for i, h in enumerate(hidden_sizes):
+            if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
+                raise ValueError(f"hidden_sizes[{i}]={h!r} must be a positive integer")
+        self.decays = _decay_list("decays", list(decays), _momentum_key, allow_empty=False)
+        self.rms_decays = _decay_list("rms_decays", list(rms_decays), _rms_key, allow_empty=True)
+        step_timescales = list(step_timescales)
+        for i, s in enumerate(step_timescales):
+            check_range(f"step_timescales[{i}]", s, 0.0, low_inclusive=False)
+        check_range("step_mult", step_mult, 0.0, low_inclusive=False)
+        check_range("lr", lr, 0.0)
+        check_range("weight_decay", weight_decay, 0.0)
+        for field, flag in (("magnitude", magnitude), ("learn_scale", learn_scale)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{field}={flag!r} must be true or false")
+        if bias_rule not in BIAS_RULES:
+            raise ValueError(f"bias_rule={bias_rule!r} is not one of {', '.join(BIAS_RULES)}")
+        if bias_rule == "adam" and (ADAM_BETAS[0] not in self.decays or ADAM_BETAS[1] not in self.rms_decays):
+            raise ValueError(f"bias_rule='adam' uses the momentum_0.9 and rms_0.999 buffers: decays={self.decays} "
+                             f"must contain 0.9 and rms_decays={self.rms_decays} must contain 0.999")
+        self.hidden_sizes = [int(h) for h in hidden_sizes]
+        self.step_timescales = [float(s) for s in step_timescales]
+        self.step_mult, self.lr, self.weight_decay = float(step_mult), float(lr), float(weight_decay)
+        self.magnitude, self.learn_scale, self.bias_rule = magnitude, learn_scale, bias_rule
+
+        k, r = len(self.decays), len(self.rms_decays)
+        self.num_features = 2 + k + r * (1 + k)
+        self.num_inputs = self.num_features + len(self.step_timescales) + NUM_TIME_HORIZON
+        sizes = [self.num_inputs, *self.hidden_sizes, 2]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        skip = torch.zeros(self.num_inputs)
+        skip[self.init_feature_index()] = 1.0
+        self.skip = nn.Parameter(skip)
+        with torch.no_grad():
+            self.layers[-1].weight.mul_(INIT_OUT_SCALE)
+            self.layers[-1].bias.zero_()
+        for name in ("log_scale", "log_bias_scale") if bias_rule == "adam" else ("log_scale",):
+            if learn_scale:
+                setattr(self, name, nn.Parameter(torch.zeros(())))
+            else:
+                self.register_buffer(name, torch.zeros(()))
+        self.register_buffer("inv_timescales", torch.tensor([1.0 / s for s in self.step_timescales]),
+                             persistent=False)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-able): ``type(self)(**self.config())`` rebuilds the rule."""
+        return {"hidden_sizes": list(self.hidden_sizes), "decays": list(self.decays),
+                "rms_decays": list(self.rms_decays), "step_timescales": list(self.step_timescales),
+                "step_mult": self.step_mult, "lr": self.lr, "magnitude": self.magnitude,
+                "learn_scale": self.learn_scale, "weight_decay": self.weight_decay, "bias_rule": self.bias_rule}
+
+    def numeric_hparams(self) -> bool:
+        return False  # no in-place fast path: the adapter always calls the pure ``update``
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+    @property
+    def momentum_keys(self) -> list[str]:
+        return [_momentum_key(d) for d in self.decays]
+
+    @property
+    def rms_keys(self) -> list[str]:
+        return [_rms_key(b) for b in self.rms_decays]
+
+    def feature_names(self) -> list[str]:
+        """Names of the MLP's inputs, in order (features, then time)."""
+        m = [f"m_{d:g}" for d in self.decays]
+        adam = [f"{x}/sqrt(v_{b:g})" for b in self.rms_decays for x in ("g", *m)]
+        return (["g", "w", *m, *adam] + [f"tanh(t/{s:g})" for s in self.step_timescales]
+                + ["t/horizon", "has_horizon"])
+
+    def init_feature_index(self) -> int:
+        """Index of the feature the untrained direction follows: ``m_0.9 / sqrt(v_0.999)`` (nearest decays)."""
+        d = min(range(len(self.decays)), key=lambda i: abs(self.decays[i] - 0.9))
+        if not self.rms_decays:
+            return 2 + d
+        b = min(range(len(self.rms_decays)), key=lambda i: abs(self.rms_decays[i] - 0.999))
+        return 2 + len(self.decays) + b * (1 + len(self.decays)) + 1 + d
+
+    # ------------------------------------------------------------------ features
+    def _dims(self, x: Tensor, trailing: int = 0) -> tuple[int, ...]:
+        """The dims of one tensor's reduction (all but the population dim), ``trailing`` feature dims excluded."""
+        return reduce_dims(x.dim() - trailing, self.population_dim)
+
+    def _is_small(self, p: Tensor) -> bool:
+        """Whether ``p`` goes the bias path: at most one dim besides the population dim."""
+        return self.bias_rule == "adam" and p.dim() - (self.population_dim is not None) <= 1
+
+    def features(self, grad: Tensor, param: Tensor, momenta: Sequence[Tensor], rms: Sequence[Tensor]) -> Tensor:
+        """Normalised per-coordinate features of one tensor: shape ``(*param.shape, num_features)``."""
+        raw = [grad, param.to(grad.dtype), *momenta]
+        for v in rms:
+            inv = torch.rsqrt(v + EPS)
+            raw += [grad * inv, *(m * inv for m in momenta)]
+        x = torch.stack(raw, dim=-1)
+        return second_moment_normalize(x, self._dims(x, 1), EPS)
+
+    def time_features(self, step: int, horizon: int | None, like: Tensor) -> Tensor:
+        """``[tanh(step / s)..., min(step / horizon, 1), 1]`` (last two 0 without a horizon), ``like``'s dtype."""
+        inv = self.inv_timescales.to(device=like.device, dtype=torch.float64)
+        frac = [min(step / horizon, 1.0), 1.0] if horizon else [0.0, 0.0]
+        return torch.cat([torch.tanh(inv * step), inv.new_tensor(frac)]).to(like.dtype)
+
+    def mlp(self, x: Tensor) -> Tensor:
+        """The MLP on a batch of inputs ``(N, num_inputs)``: ``(N, 2)`` = (direction, magnitude) with the skip."""
+        h = x
+        for i, layer in enumerate(self.layers):
+            h = F.linear(h, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+            if i < len(self.layers) - 1:
+                h = F.relu(h)
+        direction = h[:, 0] + x @ self.skip.to(x.dtype)
+        return torch.stack([direction, h[:, 1]], dim=-1)
+
+    # ------------------------------------------------------------------ the rule
+    def init(self, params: Params, horizon: int | None = None) -> State:
+        """Zero momenta and second moments; ``horizon`` (the planned number of updates) enables the
+        fraction-of-horizon features and is kept in the state."""
+        state: State = {"step": 0}
+        for key in (*self.momentum_keys, *self.rms_keys):
+            state[key] = {k: torch.zeros_like(p) for k, p in params.items()}
+        if horizon is not None:
+            if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+                raise ValueError(f"horizon={horizon!r} must be a positive integer or None")
+            state["horizon"] = horizon
+        return state
+
+    def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        check_keys(grads, params)
+        names, step, horizon = list(params), state["step"], state.get("horizon")
+        new_state: State = {"step": step + 1}
+        for key, d in zip(self.momentum_keys, self.decays):
+            new_state[key] = {k: d * m + (1 - d) * grads[k] for k, m in state[key].items()}
+        for key, b in zip(self.rms_keys, self.rms_decays):
+            new_state[key] = {k: b * v + (1 - b) * grads[k] * grads[k] for k, v in state[key].items()}
+        if horizon is not None:
+            new_state["horizon"] = horizon
+        if not names:
+            return {}, new_state
+
+        alpha = self.step_mult * self.lr
+        steps: dict[str, Tensor] = {}
+        mlp_names = [k for k in names if not self._is_small(params[k])]
+        if mlp_names:
+            feats = [self.features(grads[k], params[k], [new_state[key][k] for key in self.momentum_keys],
+                                   [new_state[key][k] for key in self.rms_keys]) for k in mlp_names]
+            flat = torch.cat([f.reshape(-1, self.num_features) for f in feats])
+            time = self.time_features(step, horizon, flat).expand(flat.shape[0], -1)
+            out = self.mlp(torch.cat([flat, time], dim=-1))
+            scale = torch.exp(self.log_scale.to(out.dtype)) * alpha
+            for k, o in zip(mlp_names, out.split([params[k].numel() for k in mlp_names])):
+                o = o.view(*params[k].shape, 2)
+                direction, mag = o[..., 0], o[..., 1]
+                dims = self._dims(direction)
+                u = second_moment_normalize(direction, dims, EPS)
+                if self.magnitude:
+                    mean_mag = mag.mean(dim=dims, keepdim=True) if dims else mag
+                    u = u * (2 * torch.sigmoid(mean_mag))
+                steps[k] = scale * u
+        small = [k for k in names if k not in steps]
+        if small:
+            t = step + 1
+            b1, b2 = ADAM_BETAS
+            m_key, v_key = _momentum_key(b1), _rms_key(b2)
+            bias_scale = torch.exp(self.log_bias_scale) * (alpha / (1 - b1 ** t))
+            for k in small:
+                m, v = new_state[m_key][k], new_state[v_key][k]
+                steps[k] = bias_scale.to(m.dtype) * m / (torch.sqrt(v + EPS) / math.sqrt(1 - b2 ** t) + ADAM_EPS)
+        decay = 1 - alpha * self.weight_decay
+        new_params = {k: (params[k] * decay if self.weight_decay else params[k]) - steps[k].to(params[k].dtype)
+                      for k in names}
+        return new_params, new_state

@@ -1,0 +1,328 @@
+"""The per-tensor normalised MLP optimizer (``celo``): the normalisation, its invariances, weight
+decay, the Adam bias path against torch.optim.Adam, horizon features, batched populations,
+``torch.func.vmap`` over meta-parameters, meta-gradients and checkpoints.
+
+The generic learned-rule tests (purity, shapes, adapter, config round trip, finite-difference
+meta-gradients on a quadratic) run on it too, from ``tests/test_learned_rules.py``."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+import learned_opt
+from learned_opt.meta.checkpoint import save_checkpoint
+from learned_opt.optimizers import LEARNED_RULES, NormalizedMLPOptimizer, make_learned_rule
+from learned_opt.tasks import make_task
+from learned_opt.unroll import unroll
+
+SHAPES = {"matrix": (5, 4), "bias": (4,), "conv": (3, 2, 3, 3), "scalar": ()}
+
+
+def rule_(**kw) -> NormalizedMLPOptimizer:
+    torch.manual_seed(0)
+    return NormalizedMLPOptimizer(**kw).double()
+
+
+def tree(seed: int, scale: float = 1.0, dtype=torch.float64) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: scale * torch.randn(s, generator=g, dtype=dtype) for k, s in SHAPES.items()}
+
+
+def run(rule, grads_seq, params, horizon=None):
+    """Apply ``rule`` to a sequence of gradient dicts (no graph); returns the params and state after them."""
+    state = rule.init(params, horizon=horizon)
+    with torch.no_grad():
+        for g in grads_seq:
+            params, state = rule.update(g, state, params)
+    return params, state
+
+
+def rms(x: torch.Tensor) -> float:
+    return float((x * x).mean().sqrt().detach())
+
+
+def test_registered_as_celo_and_defaults():
+    assert LEARNED_RULES["celo"] is NormalizedMLPOptimizer
+    rule = make_learned_rule("celo")
+    assert rule.hidden_sizes == [8, 8] and rule.hparam_names == ("lr",) and rule.numeric_hparams() is False
+    assert rule.num_inputs == len(rule.feature_names()) == 2 + 5 + 2 * 6 + 5 + 2
+    assert rule.feature_names()[rule.init_feature_index()] == "m_0.9/sqrt(v_0.999)"
+    assert {n for n, _ in rule.named_parameters()} == {
+        "layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias", "layers.2.weight",
+        "layers.2.bias", "skip", "log_scale"}
+    adam = make_learned_rule("celo", bias_rule="adam", learn_scale=False)
+    assert "log_bias_scale" in dict(adam.named_buffers()) and "log_scale" in adam.state_dict()
+    assert not any("scale" in n for n, _ in adam.named_parameters())
+
+
+# --------------------------------------------------------------------------- the normalisation
+
+
+@pytest.mark.parametrize("lr, log_scale", [(1.0, 0.0), (0.3, 0.7)])
+def test_each_tensors_step_has_rms_step_mult_times_lr_without_magnitude(lr, log_scale):
+    rule = rule_(magnitude=False, step_mult=2e-3, lr=lr)
+    with torch.no_grad():
+        rule.log_scale.fill_(log_scale)
+    params = tree(0)
+    grads = [tree(1), tree(2, 100.0), tree(3, 1e-3)]
+    state = rule.init(params)
+    for g in grads:
+        new, state = rule.update(g, state, params)
+        for k in params:
+            assert rms(new[k] - params[k]) == pytest.approx(2e-3 * lr * math.exp(log_scale), rel=1e-12), k
+        params = new
+
+
+def test_magnitude_scales_each_tensor_by_a_factor_in_0_2():
+    plain, scaled = rule_(magnitude=False), rule_(magnitude=True)
+    with torch.no_grad():
+        for r in (plain, scaled):  # a large, non-trivial magnitude head
+            r.layers[-1].weight.normal_(generator=torch.Generator().manual_seed(4))
+    params, grads = tree(0), tree(1)
+    a, _ = plain.update(grads, plain.init(params), params)
+    b, _ = scaled.update(grads, scaled.init(params), params)
+    factors = []
+    for k in params:
+        da, db = a[k] - params[k], b[k] - params[k]
+        ratio = (db / da).reshape(-1)
+        torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio))  # one factor per tensor
+        factors.append(float(ratio[0].detach()))
+        assert 0 < factors[-1] < 2
+    assert max(factors) - min(factors) > 0.05  # per tensor, not global
+
+
+@pytest.mark.parametrize("bias_rule", ["mlp", "adam"])
+def test_step_does_not_depend_on_the_gradients_scale(bias_rule):
+    """Features and output are normalised: scaling every gradient by c leaves the steps alone, up to
+    the 1e-20 in the normalisations (against the mean square ~1e-12 of the slowest momentum after
+    one step at c = 1e-3: 1e-8 relative), and on the Adam bias path up to Adam's eps = 1e-8
+    (against second-moment roots ~1e-3: 1e-5 relative)."""
+    rule = rule_(bias_rule=bias_rule)
+    params = tree(0)
+    seq = [tree(s) for s in (1, 2, 3)]
+    ref, ref_state = run(rule, seq, params)
+    for c in (1e-3, 1e3):
+        out, state = run(rule, [{k: c * v for k, v in g.items()} for g in seq], params)
+        for k in params:
+            adam_path = bias_rule == "adam" and len(SHAPES[k]) <= 1
+            torch.testing.assert_close(out[k] - params[k], ref[k] - params[k], atol=1e-12,
+                                       rtol=1e-4 if adam_path else 1e-6)
+        torch.testing.assert_close(state["rms_0.95"]["matrix"], c * c * ref_state["rms_0.95"]["matrix"])
+
+
+def test_weight_decay_is_decoupled_and_follows_the_formula():
+    plain, decayed = rule_(step_mult=0.01, lr=0.5), rule_(step_mult=0.01, lr=0.5, weight_decay=0.1)
+    decayed.load_state_dict(plain.state_dict())
+    params, grads = tree(0), tree(1)
+    a, _ = plain.update(grads, plain.init(params), params)
+    b, _ = decayed.update(grads, decayed.init(params), params)
+    for k in params:
+        torch.testing.assert_close(b[k], a[k] - 0.01 * 0.5 * 0.1 * params[k], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("log_bias_scale", [0.0, -0.4])
+def test_adam_bias_path_matches_torch_optim_adam(log_bias_scale):
+    rule = rule_(bias_rule="adam", step_mult=1e-2, lr=0.5)
+    with torch.no_grad():
+        rule.log_bias_scale.fill_(log_bias_scale)
+    lr = 1e-2 * 0.5 * math.exp(log_bias_scale)
+    params = tree(0)
+    bias, scalar = (nn.Parameter(params[k].clone()) for k in ("bias", "scalar"))
+    opt = torch.optim.Adam([bias, scalar], lr=lr)
+    state = rule.init(params)
+    for s in range(6):
+        grads = tree(10 + s, scale=10.0 ** (s % 3 - 1))
+        bias.grad, scalar.grad = grads["bias"].clone(), grads["scalar"].clone()
+        opt.step()
+        params, state = rule.update(grads, state, params)
+        torch.testing.assert_close(params["bias"], bias.detach(), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(params["scalar"], scalar.detach(), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="bias_rule='adam' uses the momentum_0.9 and rms_0.999"):
+        NormalizedMLPOptimizer(bias_rule="adam", decays=[0.5, 0.99])
+
+
+def test_untrained_rule_is_a_per_tensor_normalised_adam_step():
+    rule = rule_(magnitude=False)
+    params = tree(0)
+    seq = [tree(s) for s in (1, 2, 3, 4)]
+    new, state = run(rule, seq, params)
+    old, _ = run(rule, seq[:-1], params)
+    for k in ("matrix", "conv"):
+        adam = state["momentum_0.9"][k] / state["rms_0.999"][k].sqrt()
+        step = old[k] - new[k]
+        cos = float((adam * step).sum() / (adam.norm() * step.norm()))
+        assert cos > 0.99, (k, cos)
+
+
+def test_untrained_rule_trains_a_small_mlp():
+    task = make_task("mlp", dataset="digits", hidden_sizes=[16], activation="relu", batch_size=64)
+    torch.manual_seed(0)
+    rule = NormalizedMLPOptimizer(step_mult=3e-3)
+    g = torch.Generator().manual_seed(0)
+    params = task.init_params(g)
+    with torch.no_grad():
+        res = unroll(task, rule, params, rule.init(params, horizon=60), 60, g)
+    assert not res.diverged and float(res.losses[-10:].mean()) < 0.5 * float(res.losses[:3].mean())
+
+
+# --------------------------------------------------------------------------- horizon
+
+
+def test_horizon_features_and_state():
+    rule = rule_()
+    like = torch.zeros((), dtype=torch.float64)
+    t = rule.time_features(30, None, like)
+    torch.testing.assert_close(t, torch.tensor([math.tanh(30 / s) for s in (1, 10, 100, 1000, 10000)] + [0, 0],
+                                               dtype=torch.float64))
+    assert rule.time_features(30, 120, like)[-2:].tolist() == [0.25, 1.0]
+    assert rule.time_features(500, 120, like)[-2:].tolist() == [1.0, 1.0]  # clamped past the horizon
+    params, grads = tree(0), tree(1)
+    with_h = rule.init(params, horizon=100)
+    assert with_h["horizon"] == 100 and "horizon" not in rule.init(params)
+    a, sa = rule.update(grads, with_h, params)
+    b, _ = rule.update(grads, rule.init(params), params)
+    assert sa["horizon"] == 100 and sa["step"] == 1
+    assert not torch.equal(a["matrix"], b["matrix"])  # the fraction features reach the step
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="horizon"):
+            rule.init(params, horizon=bad)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+@pytest.mark.parametrize("bias_rule", ["mlp", "adam"])
+def test_population_dim_equals_independent_problems(bias_rule):
+    rule = rule_(bias_rule=bias_rule, step_mult=0.1)
+    members = [tree(0), tree(1)]
+    grads = [[tree(2), tree(3)], [tree(4, 100.0), tree(5, 100.0)]]  # the second member on another scale
+    singles = [run(rule, [grads[i][s] for s in range(2)], members[i], horizon=7)[0] for i in range(2)]
+    pop = copy.deepcopy(rule)
+    pop.population_dim = 0
+    stack = lambda trees: {k: torch.stack([t[k] for t in trees]) for k in trees[0]}  # noqa: E731
+    out, _ = run(pop, [stack([grads[0][s], grads[1][s]]) for s in range(2)], stack(members), horizon=7)
+    for i in range(2):
+        for k in SHAPES:
+            torch.testing.assert_close(out[k][i], singles[i][k], rtol=1e-12, atol=1e-15)
+
+
+class _UpdateCall(nn.Module):
+    """``forward`` is one ``rule.update``; returns only tensor leaves (the int step stays outside vmap)."""
+
+    def __init__(self, rule: nn.Module):
+        super().__init__()
+        self.rule = rule
+
+    def forward(self, grads, tensors, params, step: int, horizon: int | None):
+        state = {"step": step, **tensors, **({"horizon": horizon} if horizon else {})}
+        new, new_state = self.rule.update(grads, state, params)
+        return new, {k: v for k, v in new_state.items() if isinstance(v, dict)}
+
+
+@pytest.mark.parametrize("bias_rule, horizon", [("mlp", None), ("adam", 50)])
+def test_vmap_over_perturbed_meta_parameters_equals_separate_updates(bias_rule, horizon):
+    """What an ES/PES estimator does: ``vmap`` of ``functional_call`` over stacked meta-parameter
+    sets, with shared inner params (in_dims None) and with one inner trajectory per set (in_dims 0)."""
+    rule = rule_(bias_rule=bias_rule, step_mult=0.05)
+    call = _UpdateCall(rule)
+    base = dict(call.named_parameters())
+    gen = torch.Generator().manual_seed(7)
+    metas = [{k: v.detach() + 0.05 * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in base.items()}
+             for _ in range(3)]
+    stacked = {k: torch.stack([m[k] for m in metas]) for k in base}
+    params, grads = tree(0), tree(1)
+    tensors = {k: v for k, v in rule.init(params).items() if k != "step"}
+
+    def one_step(meta, g, t, p, step):
+        return functional_call(call, meta, (g, t, p, step, horizon))
+
+    # step 0: the inner params are shared by every meta-parameter set
+    batched = vmap(lambda m, g, t, p: one_step(m, g, t, p, 0), in_dims=(0, None, None, None))(
+        stacked, grads, tensors, params)
+    separate = [one_step(m, grads, tensors, params, 0) for m in metas]
+    for i, (p_i, t_i) in enumerate(separate):
+        for k in SHAPES:
+            torch.testing.assert_close(batched[0][k][i], p_i[k], rtol=1e-12, atol=1e-15)
+        assert not torch.equal(p_i["matrix"], separate[(i + 1) % 3][0]["matrix"])
+    # step 1: each set carries its own inner params and state (stacked), gradients too
+    grads2 = {k: torch.stack([tree(10 + i)[k] for i in range(3)]) for k in SHAPES}
+    batched2 = vmap(lambda m, g, t, p: one_step(m, g, t, p, 1))(stacked, grads2, batched[1], batched[0])
+    for i, (p_i, t_i) in enumerate(separate):
+        p2, t2 = one_step(metas[i], {k: v[i] for k, v in grads2.items()}, t_i, p_i, 1)
+        for k in SHAPES:
+            torch.testing.assert_close(batched2[0][k][i], p2[k], rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(batched2[1]["rms_0.999"][k][i], t2["rms_0.999"][k], rtol=1e-12, atol=0)
+
+
+def test_meta_gradient_passes_gradcheck():
+    """Finite differences (float64) of the params after two updates w.r.t. every meta-parameter."""
+    torch.manual_seed(1)
+    rule = NormalizedMLPOptimizer(hidden_sizes=[4], decays=[0.5, 0.9], rms_decays=[0.999], step_timescales=[3],
+                                  bias_rule="adam").double()
+    names = [n for n, _ in rule.named_parameters()]
+    shapes = {"w": (3, 2), "b": (2,)}
+    gen = torch.Generator().manual_seed(2)
+    params = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+    grads = [{k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()} for _ in range(2)]
+
+    def f(*metas):
+        p, state = params, rule.init(params, horizon=4)
+        for g in grads:
+            p, tensors = _functional_update(rule, dict(zip(names, metas)), g, state, p)
+            state = {**state, **tensors, "step": state["step"] + 1}
+        return tuple(p[k] for k in shapes)
+
+    inputs = tuple(p.detach().clone().requires_grad_() for p in rule.parameters())
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def _functional_update(rule, metas, grads, state, params):
+    return torch.func.functional_call(_UpdateCall(rule), {f"rule.{k}": v for k, v in metas.items()},
+                                      (grads, {k: v for k, v in state.items() if isinstance(v, dict)}, params,
+                                       state["step"], state.get("horizon")))
+
+
+# --------------------------------------------------------------------------- checkpoints and errors
+
+
+def test_checkpoint_round_trip_rebuilds_the_rule(tmp_path):
+    rule = make_learned_rule("celo", hidden_sizes=[16, 16], bias_rule="adam", weight_decay=0.01,
+                             learn_scale=False, magnitude=False)
+    with torch.no_grad():
+        for p in rule.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        rule.log_scale.fill_(0.2)
+    path = save_checkpoint(tmp_path / "celo.pt", rule, 3, {"optimizer": {"name": "celo"}})
+    loaded = learned_opt.load(path)
+    assert isinstance(loaded, NormalizedMLPOptimizer) and loaded.config() == rule.config()
+    assert float(loaded.log_scale) == pytest.approx(0.2)
+    params, grads = tree(0, dtype=torch.float32), tree(1, dtype=torch.float32)
+    a, _ = rule.update(grads, rule.init(params, horizon=10), params)
+    b, _ = loaded.update(grads, loaded.init(params, horizon=10), params)
+    for k in params:
+        assert torch.equal(a[k], b[k])
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"hidden_sizes": [8, 0]}, "hidden_sizes"), ({"decays": []}, "decays"), ({"decays": [0.9, 0.9]}, "decays"),
+    ({"rms_decays": [1.0]}, "rms_decays"), ({"step_timescales": [0]}, "step_timescales"),
+    ({"step_mult": 0.0}, "step_mult"), ({"lr": -1.0}, "lr"), ({"weight_decay": -0.1}, "weight_decay"),
+    ({"bias_rule": "sgd"}, "bias_rule"), ({"magnitude": "yes"}, "magnitude"), ({"learn_scale": 1}, "learn_scale"),
+])
+def test_bad_constructor_values_name_the_argument(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        NormalizedMLPOptimizer(**kwargs)
+
+
+def test_works_without_rms_decays():
+    rule = rule_(rms_decays=[], magnitude=False)
+    assert rule.feature_names()[rule.init_feature_index()] == "m_0.9"
+    params, grads = tree(0), tree(1)
+    new, state = rule.update(grads, rule.init(params), params)
+    assert set(state) == {"step", *rule.momentum_keys}
+    assert rms(new["matrix"] - params["matrix"]) == pytest.approx(1e-3, rel=1e-12)
