@@ -12,7 +12,9 @@ member alone after loading ``thetas[i]`` into the rule. It is computed with
 the per-coordinate MLP/LSTM matmuls become batched matmuls), so any rule whose ``update`` is
 written with ordinary differentiable tensor ops works: the LSTM, the MLP rule, learned
 Adam/SGD. Each member sees its own tensors only (per-tensor normalisations are per member;
-the rule's ``population_dim`` must be left unset). Non-tensor state entries (the step count)
+the rule's ``population_dim`` must be left unset). While it runs, the rule's attribute
+``member_batched`` is True (see :func:`linear`): a rule may then prefer formulations that
+batch well over meta-parameter sets. Non-tensor state entries (the step count)
 must be the same for every member, as they are in a population.
 
 This is what the evolution-strategies estimators (:mod:`learned_opt.meta.es`,
@@ -27,7 +29,17 @@ from torch import Tensor, nn
 
 from baselines.base import Params, State
 
-__all__ = ["MemberRule", "meta_vector", "meta_named", "unflatten_meta"]
+__all__ = ["MemberRule", "linear", "meta_vector", "meta_named", "unflatten_meta"]
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None, member_batched: bool = False) -> Tensor:
+    """``F.linear``, or with ``member_batched`` the same product as ``x @ weight.T + bias``: under
+    ``vmap`` over per-member weights this becomes one batched matmul, about twice as fast on CPU as
+    ``F.linear``'s batching rule (the plain path keeps ``F.linear``'s exact numerics)."""
+    if not member_batched:
+        return torch.nn.functional.linear(x, weight, bias)
+    out = x @ weight.transpose(-1, -2)
+    return out if bias is None else out + bias
 
 
 def meta_named(rule: nn.Module) -> list[tuple[str, Tensor]]:
@@ -146,7 +158,15 @@ class MemberRule:
             return out_leaves
 
         all_leaves = [t for x in leaves for t in x]
-        result = torch.func.vmap(one, in_dims=(0, *([0] * len(all_leaves))))(self.meta, *all_leaves)
+        had = "member_batched" in vars(self.rule)
+        self.rule.member_batched = True
+        try:
+            result = torch.func.vmap(one, in_dims=(0, *([0] * len(all_leaves))))(self.meta, *all_leaves)
+        finally:
+            if had:
+                self.rule.member_batched = False
+            else:
+                del self.rule.member_batched
         return out_rebuild[0](list(result))
 
     def init(self, params: Params) -> State:

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
+from .batched import linear
 from .mlp import check_scale, coordinate_grad_rms
 
 __all__ = ["LSTMOptimizer", "preprocess_gradient"]
@@ -110,6 +111,7 @@ class LSTMOptimizer(nn.Module):
 
     hparam_names = ("lr",)
     population_dim: int | None = None  # with step_scale="grad_rms": a leading population dim to skip
+    member_batched = False             # True while run with one meta-parameter set per member (batched.MemberRule)
 
     def __init__(self, hidden_size: int = 20, preprocess_p: float = 10.0, output_scale: float = 0.1,
                  lr: float = 1.0, step_scale: str = "none", input_scale: str = "none"):
@@ -165,7 +167,7 @@ class LSTMOptimizer(nn.Module):
         x = preprocess_gradient(g / rms if self.input_scale == "grad_rms" else g, self.preprocess_p)  # (N, 2)
         h0, c0 = _lstm_cell(x, flat["h0"], flat["c0"], self.cell0, dtype)
         h1, c1 = _lstm_cell(h0, flat["h1"], flat["c1"], self.cell1, dtype)
-        out = F.linear(h1, self.output.weight.to(dtype), self.output.bias.to(dtype)).squeeze(-1)
+        out = linear(h1, self.output.weight.to(dtype), self.output.bias.to(dtype), self.member_batched).squeeze(-1)
         delta = out * (self.output_scale * self.lr)                                # (N,)
         if self.step_scale == "grad_rms":
             delta = delta * rms

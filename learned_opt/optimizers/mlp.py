@@ -50,6 +50,8 @@ from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
 
+from .batched import linear
+
 __all__ = ["MLPOptimizer", "STEP_SCALES", "check_scale", "coordinate_grad_rms", "grad_rms", "reduce_dims",
            "second_moment_normalize"]
 
@@ -119,6 +121,7 @@ class MLPOptimizer(nn.Module):
 
     hparam_names = ("lr",)
     population_dim: int | None = None  # set to skip a leading population dim in the normalisation
+    member_batched = False             # True while run with one meta-parameter set per member (batched.MemberRule)
 
     def __init__(self, hidden_sizes: Sequence[int] = (32, 32), decays: Sequence[float] = DECAYS,
                  step_timescales: Sequence[float] = TIMESCALES, exp_mult: float = 1e-3,
@@ -186,7 +189,7 @@ class MLPOptimizer(nn.Module):
     def mlp(self, x: Tensor) -> Tensor:
         """The MLP on a batch of inputs ``(N, inputs)``: ``(N, 2)`` = (direction, magnitude)."""
         for i, layer in enumerate(self.layers):
-            x = F.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+            x = linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype), self.member_batched)
             if i < len(self.layers) - 1:
                 x = F.relu(x)
         return x

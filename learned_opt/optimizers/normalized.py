@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
+from .batched import linear
 from .mlp import reduce_dims, second_moment_normalize
 
 __all__ = ["NormalizedMLPOptimizer", "BIAS_RULES"]
@@ -121,6 +122,7 @@ class NormalizedMLPOptimizer(nn.Module):
     hparam_names = ("lr",)
     population_dim: int | None = None  # set to skip a leading population dim in every reduction
     uses_horizon = True                # init(params, horizon=...) gives fraction-of-horizon features
+    member_batched = False             # True while run with one meta-parameter set per member (batched.MemberRule)
 
     def __init__(self, hidden_sizes: Sequence[int] = (8, 8), decays: Sequence[float] = DECAYS,
                  rms_decays: Sequence[float] = RMS_DECAYS, step_timescales: Sequence[float] = TIMESCALES,
@@ -236,7 +238,7 @@ class NormalizedMLPOptimizer(nn.Module):
         """The MLP on a batch of inputs ``(N, num_inputs)``: ``(N, 2)`` = (direction, magnitude) with the skip."""
         h = x
         for i, layer in enumerate(self.layers):
-            h = F.linear(h, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+            h = linear(h, layer.weight.to(x.dtype), layer.bias.to(x.dtype), self.member_batched)
             if i < len(self.layers) - 1:
                 h = F.relu(h)
         direction = h[:, 0] + x @ self.skip.to(x.dtype)
