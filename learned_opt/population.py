@@ -34,6 +34,12 @@ How the loss is batched (``mode``):
                  ``(params, batch)`` (e.g. conv nets of one architecture); chosen
                  automatically for conv nets, may be forced for other tasks.
 ``"loop"``       a Python loop over the members' own ``loss`` (any tasks of one shape).
+``"reparam"``    augmented members (:class:`~learned_opt.tasks.augment.ReparamTask`, each with its
+                 own scales): the params are rescaled by the stacked scales, then the wrapped
+                 tasks' population (itself batched by any mode above) gives the losses.
+                 Chosen automatically when every member is a ``ReparamTask``; forcing ``"vmap"``,
+                 ``"mlp"`` or ``"quadratic"`` on such members picks that mode for the wrapped
+                 tasks (``"loop"`` loops over the members themselves).
 ``"auto"``       (default) the first of these that applies.
 
 All modes give the same numbers up to floating-point rounding (the tests check it).
@@ -47,15 +53,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .tasks.augment import ReparamTask
 from .tasks.base import Batch, Params, Task, check_split, randint
 from .tasks.conv import ConvTask
 from .tasks.mlp import ACTIVATIONS, MLPTask
 from .tasks.noisy_quadratic import NoisyQuadraticTask
 from .tasks.quadratic import QuadraticTask
+from .tasks.regression import MSETask
 
 __all__ = ["PopulationTask", "population_rule", "stack_trees", "unstack_tree", "MODES"]
 
-MODES = ("auto", "mlp", "quadratic", "vmap", "loop")
+MODES = ("auto", "mlp", "quadratic", "vmap", "loop", "reparam")
 
 
 # --------------------------------------------------------------------------- pytrees of tensors
@@ -130,6 +138,10 @@ def _signature(task: Task) -> tuple | None:
         return ("vmap", type(task), task.dim, task.decay, task.noise, task.dtype)
     if isinstance(task, ConvTask):
         return ("vmap", type(task), task.channels, tuple(task.dataset.input_shape), task.dataset.num_classes)
+    if isinstance(task, MSETask):
+        return ("vmap", type(task), task.hidden_sizes, task.activation, task.dataset.num_features, task.num_outputs)
+    if isinstance(task, ReparamTask):
+        return ("reparam", tuple(task.scales), _signature(task.task))
     return None
 
 
@@ -161,6 +173,19 @@ class PopulationTask(Task):
         self.batch_size = first.batch_size
         self.is_classifier = all(t.is_classifier for t in tasks)
         self.name = f"population{len(tasks)}_{first.name}"
+        self._inner: PopulationTask | None = None
+        if mode != "loop" and all(isinstance(t, ReparamTask) for t in tasks):
+            names = list(first.scales)
+            for i, t in enumerate(tasks):
+                if list(t.scales) != names:
+                    raise ValueError(f"augmented members must scale the same tensors: tasks[0] scales {names}, "
+                                     f"tasks[{i}] scales {list(t.scales)}")
+            # the wrapped tasks' population does the batching; the members differ only in their scales
+            self._inner = PopulationTask([t.task for t in tasks], "auto" if mode in ("auto", "reparam") else mode)
+            self._scales = {k: torch.stack([t.scales[k] for t in tasks]) for k in names}   # (N,) each
+            mode = "reparam"
+        elif mode == "reparam":
+            raise ValueError("mode='reparam' needs members that are all ReparamTask (augmented tasks)")
         sigs = {_signature(t) for t in tasks}
         sig = next(iter(sigs)) if len(sigs) == 1 else None
         auto = sig[0] if sig is not None else "loop"
@@ -179,7 +204,8 @@ class PopulationTask(Task):
             t.dropout == 0 and t.batch_size == first.batch_size and t.dataset is first.dataset for t in tasks)
 
     def __repr__(self) -> str:
-        return (f"PopulationTask(n={self.population_size}, mode={self.mode!r}, member={self.tasks[0]!r})")
+        inner = f", inner mode={self._inner.mode!r}" if self._inner is not None else ""
+        return f"PopulationTask(n={self.population_size}, mode={self.mode!r}{inner}, member={self.tasks[0]!r})"
 
     # ------------------------------------------------------------------ params and batches
     def _generators(self, generator: Any) -> list[torch.Generator] | None:
@@ -206,6 +232,8 @@ class PopulationTask(Task):
     def sample_batch(self, generator: Any, split: str = "train") -> Batch:
         """Members' batches stacked along dim 0: ``(x (N, B, ...), y (N, B), ...)``; ``()`` for quadratics."""
         check_split(split)
+        if self._inner is not None:  # a ReparamTask's batches are its wrapped task's
+            return self._inner.sample_batch(generator, split)
         gens = self._generators(generator)
         if self._shared_data:
             # the same draws as ClassificationTask.sample_batch, in the same order, one gather for all
@@ -219,6 +247,8 @@ class PopulationTask(Task):
     # ------------------------------------------------------------------ the loss
     def loss(self, params: Params, batch: Batch) -> Tensor:
         """Per-member losses, shape ``(N,)``."""
+        if self.mode == "reparam":
+            return self._inner.loss(self.original_params(params), batch)
         if self.mode == "mlp":
             return self._mlp_loss(params, batch)
         if self.mode == "quadratic":
@@ -230,6 +260,10 @@ class PopulationTask(Task):
         members = self.unstack(params)
         parts = [tuple(b[i] for b in batch) for i in range(self.population_size)]
         return torch.stack([t.loss(p, b) for t, p, b in zip(self.tasks, members, parts)])
+
+    def original_params(self, params: Params) -> Params:
+        """Mode ``"reparam"``: the wrapped tasks' stacked parameters, ``c_k[i] * w'_k[i]`` for member ``i``."""
+        return {k: self._scales[k].view(-1, *([1] * (w.dim() - 1))) * w for k, w in params.items()}
 
     def logits(self, params: Params, x: Tensor, *masks: Tensor) -> Tensor:
         """Batched MLP logits ``(N, B, classes)`` for inputs ``x`` of shape ``(N, B, features)`` (mode ``"mlp"``)."""

@@ -235,7 +235,7 @@ def test_bad_dataset_arguments(kwargs, match):
 
 
 def test_dataset_registry():
-    assert list(DATASETS) == ["digits", "mnist5k", "mnist1d", "mnist", "fashion_mnist"]
+    assert list(DATASETS) == ["digits", "mnist5k", "mnist1d", "mnist", "fashion_mnist", "mnist5k_8x8", "fashion_8x8"]
 
 
 # --------------------------------------------------------------------------- download

