@@ -274,3 +274,17 @@ def test_short_horizon_bias_experiment_end_to_end(tmp_path):
     assert (run_dir / "lr.png").stat().st_size > 20_000
     for name in ("bptt", "es", "pes"):  # each estimator moved the lr from where it started
         assert results["results"][name]["final_lr"] != pytest.approx(0.05, rel=1e-6)
+
+
+def test_learned_opt_load_finds_shipped_optimizers_by_short_name(tmp_path):
+    import learned_opt
+    from learned_opt.meta.checkpoint import CheckpointError, resolve_pretrained
+    assert resolve_pretrained("lstm_l2l_mnist").name == "lstm_l2l_mnist.pt"
+    by_name = learned_opt.load("lstm_l2l_mnist")
+    by_path = learned_opt.load(resolve_pretrained("lstm_l2l_mnist"))
+    for (k, a), (_, b) in zip(by_name.state_dict().items(), by_path.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(CheckpointError, match="short names: .*lstm_l2l_mnist"):
+        learned_opt.load("no_such_optimizer")
+    with pytest.raises(CheckpointError, match="not found"):
+        learned_opt.load(tmp_path / "missing.pt")

@@ -326,3 +326,24 @@ def test_works_without_rms_decays():
     new, state = rule.update(grads, rule.init(params), params)
     assert set(state) == {"step", *rule.momentum_keys}
     assert rms(new["matrix"] - params["matrix"]) == pytest.approx(1e-3, rel=1e-12)
+
+
+def test_output_norm_off_keeps_the_raw_direction():
+    import torch
+    from learned_opt.optimizers import make_learned_rule
+    torch.manual_seed(0)
+    on = make_learned_rule("celo", magnitude=False).double()
+    with torch.no_grad():
+        on.skip.mul_(3.0)  # the raw direction now has an RMS of about 3
+    off = make_learned_rule("celo", magnitude=False, output_norm=False).double()
+    off.load_state_dict(on.state_dict())
+    params = {"w": torch.randn(6, 5, dtype=torch.float64)}
+    grads = {"w": 3.0 * torch.randn(6, 5, dtype=torch.float64)}
+    p_on, _ = on.update(grads, on.init(params), params)
+    p_off, _ = off.update(grads, off.init(params), params)
+    step_on, step_off = params["w"] - p_on["w"], params["w"] - p_off["w"]
+    # with the output normalised the step's RMS is exactly step_mult; without, it is the direction's own
+    assert float(step_on.pow(2).mean().sqrt()) == pytest.approx(1e-3, rel=1e-4)
+    ratio = step_off / step_on
+    assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-8)  # same direction, other size
+    assert float(ratio.flatten()[0]) == pytest.approx(3.0, rel=0.05)

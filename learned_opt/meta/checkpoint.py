@@ -88,9 +88,33 @@ def rule_from_checkpoint(ckpt: dict, path: str | Path = "<checkpoint>") -> nn.Mo
 def load_rule(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a trained learned optimizer from its checkpoint alone.
 
+    ``path``: a checkpoint file, or the short name of a shipped optimizer (``"celo"`` for the
+    general-purpose one; see :func:`resolve_pretrained`).
+
     The result is an :class:`~baselines.base.UpdateRule` (use it in ``unroll``) and works
     with :class:`baselines.RuleOptimizer` on any ``nn.Module``. Its meta-parameters are
     frozen (``requires_grad=False``); call ``.requires_grad_()`` to meta-train further.
     """
+    path = resolve_pretrained(path)
     rule = rule_from_checkpoint(load_checkpoint(path), path).to(device)
     return rule.requires_grad_(False)
+
+
+PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "pretrained"
+# short names of the shipped optimizers; any other file in pretrained/ is found by its stem too
+PRETRAINED_ALIASES = {"celo": "celo_general", "general": "celo_general"}
+
+
+def resolve_pretrained(path: str | Path) -> Path:
+    """``path`` itself when it names a file; otherwise a short name of a shipped optimizer
+    (``"celo"``, or the stem of any file in ``pretrained/``, e.g. ``"lstm_l2l_mnist"``)."""
+    p = Path(path)
+    if p.is_file() or len(p.parts) != 1 or p.suffix:
+        return p
+    stem = PRETRAINED_ALIASES.get(str(path), str(path))
+    candidate = PRETRAINED_DIR / f"{stem}.pt"
+    if candidate.is_file():
+        return candidate
+    known = sorted({*PRETRAINED_ALIASES, *(f.stem for f in PRETRAINED_DIR.glob("*.pt"))})
+    raise CheckpointError(f"{path!r} is neither a checkpoint file nor the short name of a shipped optimizer; "
+                          f"short names: {', '.join(known) or '(none: no pretrained/ folder here)'}")

@@ -9,7 +9,7 @@
 A *slot* (:class:`Slot`) holds one inner problem: a task sampled from the family, its
 parameters, the rule's state, its inner step ``t``, the generator of its batches, and the
 reference loss (its first loss since the last reset, what ``log_ratio`` and the divergence
-test are relative to). A slot is reset to a fresh task after ``horizon`` inner steps (or
+test are relative to). A rule with ``uses_horizon = True`` gets ``init(params, horizon=...)``. A slot is reset to a fresh task after ``horizon`` inner steps (or
 after the task's own ``horizon`` attribute, when its family sets one); estimators may keep
 their own per-slot data in ``slot.extra`` (a dict of tensors, saved and restored with the
 slot, cleared at a reset).
@@ -178,9 +178,9 @@ class InnerProblems:
                              f"{MAX_REDRAWS} draws from {type(self.family).__name__}; use a family whose tasks "
                              f"share one shape, or population=1")
         batches = torch.Generator(device=self.device).manual_seed(seed + 1)
-        with torch.no_grad():
-            state = rule.init(params)
         horizon = int(getattr(task, "horizon", None) or self.horizon)
+        with torch.no_grad():  # a rule with fraction-of-horizon features is told the task's horizon
+            state = rule.init(params, horizon=horizon) if getattr(rule, "uses_horizon", False) else rule.init(params)
         return Slot(seed, task, params, state, batches, horizon=horizon)
 
     def prepare(self, rule: nn.Module, idx: list[int]) -> list[Slot]:

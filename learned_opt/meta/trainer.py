@@ -104,6 +104,8 @@ def check_config(cfg: dict) -> None:
         raise ValueError(f"meta.clip_grad_norm={meta['clip_grad_norm']!r} must be > 0 or null")
     if cfg.get("checkpoint_every", 1) < 0:
         raise ValueError(f"checkpoint_every={cfg['checkpoint_every']!r} must be >= 0 (0: only at the end)")
+    if (cfg.get("validation") or {}).get("metric", "mean_loss") not in ("mean_loss", "log_ratio"):
+        raise ValueError(f"validation.metric={cfg['validation']['metric']!r} is not allowed; allowed: mean_loss, log_ratio")
     check_wandb_config(cfg.get("wandb"))
 
 
@@ -130,9 +132,11 @@ def build_estimator(cfg: dict, family, device: torch.device, rank: int = 0):
 
 
 def validation_loss(rule: nn.Module, family, cfg: dict, device: torch.device) -> float:
-    """Mean training loss over a full horizon on fixed held-out tasks (no meta-gradient)."""
+    """Mean training loss over ``validation.steps`` on fixed held-out tasks (no meta-gradient); with
+    ``validation.metric=log_ratio``, the mean of log(loss / first loss) instead (tasks weigh alike)."""
     val = cfg.get("validation") or {}
     n, steps = int(val.get("tasks", 0)), int(val.get("steps", cfg["meta"]["horizon"]))
+    metric = val.get("metric", "mean_loss")
     losses = []
     for i in range(n):
         seed = 10_000_000 + i  # held out: training task seeds are drawn from the run's generator
@@ -140,8 +144,14 @@ def validation_loss(rule: nn.Module, family, cfg: dict, device: torch.device) ->
         g = generator(seed, device)
         params = task.init_params(g)
         with torch.no_grad():
-            res = unroll(task, rule, params, rule.init(params), steps, g)
-        losses.append(float(res.losses.mean()) if not res.diverged else math.inf)
+            state = rule.init(params, horizon=steps) if getattr(rule, "uses_horizon", False) else rule.init(params)
+            res = unroll(task, rule, params, state, steps, g)
+        if res.diverged:
+            losses.append(math.inf)
+        elif metric == "log_ratio":  # every task weighs alike: mean log of the loss relative to the first
+            losses.append(float((res.losses.clamp_min(1e-30).log() - res.losses[0].clamp_min(1e-30).log()).mean()))
+        else:
+            losses.append(float(res.losses.mean()))
     return sum(losses) / n if n else float("nan")
 
 
@@ -281,7 +291,7 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
 ADDED_KEYS = {"distributed": False, "meta.population": 1, "meta.checkpoint_segments": 1,
               "meta.estimator": "bptt", "meta.stagger": False, "es.std": 0.01, "es.pairs": 4,
               "pes.std": 0.01, "pes.pairs": 4,
-              "optimizer.step_scale": "none", "optimizer.input_scale": "none"}
+              "optimizer.step_scale": "none", "optimizer.input_scale": "none", "optimizer.output_norm": True}
 
 
 def _check_same_run(saved: dict, cfg: dict, path: Path) -> None:

@@ -12,7 +12,8 @@ this one; ``H`` = the horizon given to :meth:`NormalizedMLPOptimizer.init`, if a
     time  = [tanh(t / s) for s in step_timescales] + [min(t / H, 1), 1]   ([..., 0, 0] without H)
     x     = [feats, time]
     d     = skip . x + MLP(x)[0]                                (direction, per coordinate)
-    u     = d / sqrt(mean_over_tensor(d^2) + eps)               (unit RMS over the tensor)
+    u     = d / sqrt(mean_over_tensor(d^2) + eps)               (unit RMS over the tensor; u = d with
+                                                                 output_norm=False, the ablation)
     s     = 2 * sigmoid(mean_over_tensor(MLP(x)[1]))            (only with magnitude=True; else 1)
     w    <- w * (1 - step_mult * lr * weight_decay) - step_mult * lr * exp(log_scale) * s * u
 
@@ -109,6 +110,8 @@ class NormalizedMLPOptimizer(nn.Module):
         lr: plain output multiplier (1.0); the one hyperparameter exposed to
             :class:`baselines.adapter.RuleOptimizer` (torch lr schedulers scale the steps with it).
         magnitude: learn a per-tensor step size ``2 * sigmoid(mean(MLP output 2))`` in (0, 2).
+        output_norm: normalise each tensor's direction to unit RMS (True); False keeps the MLP's raw
+            direction (an ablation: the step's size is then whatever the MLP outputs).
         learn_scale: ``log_scale`` (and ``log_bias_scale``) are meta-parameters; else fixed at 0.
         weight_decay: decoupled weight decay ``w <- w * (1 - step_mult * lr * weight_decay)``, >= 0.
         bias_rule: ``"mlp"`` (every tensor through the MLP) or ``"adam"`` (tensors with at most
@@ -127,6 +130,7 @@ class NormalizedMLPOptimizer(nn.Module):
     def __init__(self, hidden_sizes: Sequence[int] = (8, 8), decays: Sequence[float] = DECAYS,
                  rms_decays: Sequence[float] = RMS_DECAYS, step_timescales: Sequence[float] = TIMESCALES,
                  step_mult: float = 1e-3, lr: float = 1.0, magnitude: bool = True, learn_scale: bool = True,
+                 output_norm: bool = True,
                  weight_decay: float = 0.0, bias_rule: str = "mlp"):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
@@ -141,7 +145,7 @@ class NormalizedMLPOptimizer(nn.Module):
         check_range("step_mult", step_mult, 0.0, low_inclusive=False)
         check_range("lr", lr, 0.0)
         check_range("weight_decay", weight_decay, 0.0)
-        for field, flag in (("magnitude", magnitude), ("learn_scale", learn_scale)):
+        for field, flag in (("magnitude", magnitude), ("learn_scale", learn_scale), ("output_norm", output_norm)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{field}={flag!r} must be true or false")
         if bias_rule not in BIAS_RULES:
@@ -153,6 +157,7 @@ class NormalizedMLPOptimizer(nn.Module):
         self.step_timescales = [float(s) for s in step_timescales]
         self.step_mult, self.lr, self.weight_decay = float(step_mult), float(lr), float(weight_decay)
         self.magnitude, self.learn_scale, self.bias_rule = magnitude, learn_scale, bias_rule
+        self.output_norm = output_norm
 
         k, r = len(self.decays), len(self.rms_decays)
         self.num_features = 2 + k + r * (1 + k)
@@ -178,7 +183,7 @@ class NormalizedMLPOptimizer(nn.Module):
         """Constructor arguments (JSON-able): ``type(self)(**self.config())`` rebuilds the rule."""
         return {"hidden_sizes": list(self.hidden_sizes), "decays": list(self.decays),
                 "rms_decays": list(self.rms_decays), "step_timescales": list(self.step_timescales),
-                "step_mult": self.step_mult, "lr": self.lr, "magnitude": self.magnitude,
+                "step_mult": self.step_mult, "lr": self.lr, "magnitude": self.magnitude, "output_norm": self.output_norm,
                 "learn_scale": self.learn_scale, "weight_decay": self.weight_decay, "bias_rule": self.bias_rule}
 
     def numeric_hparams(self) -> bool:
@@ -284,7 +289,7 @@ class NormalizedMLPOptimizer(nn.Module):
                 o = o.view(*params[k].shape, 2)
                 direction, mag = o[..., 0], o[..., 1]
                 dims = self._dims(direction)
-                u = second_moment_normalize(direction, dims, EPS)
+                u = second_moment_normalize(direction, dims, EPS) if self.output_norm else direction
                 if self.magnitude:
                     mean_mag = mag.mean(dim=dims, keepdim=True) if dims else mag
                     u = u * (2 * torch.sigmoid(mean_mag))
