@@ -189,16 +189,16 @@ def _check_same_evaluation(saved_cfg: Path, record: dict) -> None:
     try:
         saved = json.loads(saved_cfg.read_text())
     except ValueError as e:
-        raise ValueError(f"resume: {saved_cfg} is damaged ({e}); use a new run directory") from e
+        raise ConfigError(f"resume: {saved_cfg} is damaged ({e}); use a new run directory") from e
     files_then, files_now = saved.pop("checkpoint_sha256", None), record.get("checkpoint_sha256", {})
     now = {k: v for k, v in record.items() if k != "checkpoint_sha256"}
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        raise ValueError(f"resume: {saved_cfg} was written by a different configuration (differs in "
+        raise ConfigError(f"resume: {saved_cfg} was written by a different configuration (differs in "
                          f"{', '.join(diff)}); use a new run directory")
     for label, digest in (files_then or {}).items():  # older runs recorded no hashes
         if files_now.get(label) != digest:
-            raise ValueError(f"resume: the file of optimizers.{label} changed since this evaluation started "
+            raise ConfigError(f"resume: the file of optimizers.{label} changed since this evaluation started "
                              f"(SHA-256 {digest[:16]}... recorded, {str(files_now.get(label))[:16]}... now): "
                              f"its finished cells used the old file. Restore it, or use a new run directory")
 

@@ -371,7 +371,7 @@ def _finite_step(meta_opt: torch.optim.Optimizer, meta_params: list[torch.Tensor
     before = [p.detach().clone() for p in meta_params]
     state = copy.deepcopy(meta_opt.state_dict())
     meta_opt.step()
-    if all(bool(torch.isfinite(p).all()) for p in meta_params):
+    if not meta_params or bool(torch.stack([torch.isfinite(p).all() for p in meta_params]).all()):  # one sync
         return True
     with torch.no_grad():
         for p, b in zip(meta_params, before):
