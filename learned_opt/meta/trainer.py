@@ -230,15 +230,15 @@ class _StopSignals:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now, without a checkpoint")
         self.signum = signum
 
-    def __enter__(self) -> "_StopSignals":
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}
 
 
 def _meta_train(cfg: dict, run_dir: Path, ckpt: dict | None, ctx: DistContext | None) -> dict:
@@ -302,54 +302,55 @@ def _meta_train(cfg: dict, run_dir: Path, ckpt: dict | None, ctx: DistContext | 
                disable=not (main and cfg.get("progress", True)))
     t0 = time.perf_counter() - elapsed_before
     val_every = int((cfg.get("validation") or {}).get("every", 0))
-    meta_params = [p for p in rule.parameters() if p.requires_grad]
+    stop = _StopSignals()
     try:
-        with _StopSignals() as stop:
-            for step in bar:
-                meta_opt.zero_grad(set_to_none=True)
-                est = estimator.estimate(rule)
-                if ctx is not None:  # the mean over every worker's tasks, before clipping
-                    est = all_reduce_estimate(est, meta_params, device)
-                counters["diverged_truncations"] += est.diverged
-                row: dict[str, Any] = {"diverged_truncations": counters["diverged_truncations"],
-                                       "tasks_counted": est.counted}
-                if est.grads is None:
-                    counters["skipped_steps"] += 1
+        stop.install()
+        for step in bar:
+            meta_opt.zero_grad(set_to_none=True)
+            est = estimator.estimate(rule)
+            if ctx is not None:  # the mean over every worker's tasks, before clipping
+                est = all_reduce_estimate(est, [p for p in rule.parameters() if p.requires_grad], device)
+            counters["diverged_truncations"] += est.diverged
+            row: dict[str, Any] = {"diverged_truncations": counters["diverged_truncations"],
+                                   "tasks_counted": est.counted}
+            if est.grads is None:
+                counters["skipped_steps"] += 1
+            else:
+                for p, g in zip((p for p in rule.parameters() if p.requires_grad), est.grads):
+                    p.grad = g
+                clip = meta.get("clip_grad_norm")
+                norm = torch.nn.utils.clip_grad_norm_(rule.parameters(), clip if clip else float("inf"))
+                if _finite_step(meta_opt, [p for p in rule.parameters() if p.requires_grad]):
+                    row.update(meta_loss=est.meta_loss, inner_loss=est.inner_loss, grad_norm=float(norm))
                 else:
-                    for p, g in zip(meta_params, est.grads):
-                        p.grad = g
-                    clip = meta.get("clip_grad_norm")
-                    norm = torch.nn.utils.clip_grad_norm_(rule.parameters(), clip if clip else float("inf"))
-                    if _finite_step(meta_opt, meta_params):
-                        row.update(meta_loss=est.meta_loss, inner_loss=est.inner_loss, grad_norm=float(norm))
-                    else:
-                        counters["skipped_steps"] += 1
-                        row["nonfinite_update"] = True
-                row["skipped_steps"] = counters["skipped_steps"]
-                if main and val_every and ((step + 1) % val_every == 0 or step + 1 == meta["steps"]):
-                    row["val_loss"] = validation_loss(rule, family, cfg, device)
-                    best = counters.get("best_val_loss", math.inf)
-                    if math.isfinite(row["val_loss"]) and row["val_loss"] < best:
-                        # validation is noisy: keep the best meta-parameters seen, beside the last ones
-                        counters.update(best_val_loss=row["val_loss"], best_meta_step=step + 1)
-                        save_checkpoint(run_dir / "best.pt", rule, step + 1, cfg, val_loss=row["val_loss"])
-                row["seconds"] = time.perf_counter() - t0
-                logger.log(row, step=step + 1)
-                last = row
-                bar.set_postfix({k: f"{row[k]:.4g}" for k in ("meta_loss", "val_loss") if k in row})
-                saved = bool(cfg.get("checkpoint_every")) and (step + 1) % cfg["checkpoint_every"] == 0
-                if saved:
+                    counters["skipped_steps"] += 1
+                    row["nonfinite_update"] = True
+            row["skipped_steps"] = counters["skipped_steps"]
+            if main and val_every and ((step + 1) % val_every == 0 or step + 1 == meta["steps"]):
+                row["val_loss"] = validation_loss(rule, family, cfg, device)
+                best = counters.get("best_val_loss", math.inf)
+                if math.isfinite(row["val_loss"]) and row["val_loss"] < best:
+                    # validation is noisy: keep the best meta-parameters seen, beside the last ones
+                    counters.update(best_val_loss=row["val_loss"], best_meta_step=step + 1)
+                    save_checkpoint(run_dir / "best.pt", rule, step + 1, cfg, val_loss=row["val_loss"])
+            row["seconds"] = time.perf_counter() - t0
+            logger.log(row, step=step + 1)
+            last = row
+            bar.set_postfix({k: f"{row[k]:.4g}" for k in ("meta_loss", "val_loss") if k in row})
+            saved = bool(cfg.get("checkpoint_every")) and (step + 1) % cfg["checkpoint_every"] == 0
+            if saved:
+                checkpoint(step + 1, row["seconds"])
+            signum = stop.signum or 0
+            if ctx is not None:  # every worker stops at the same meta-step
+                signum = all_reduce_max(signum, device)
+            if signum and step + 1 < meta["steps"]:
+                if not saved:
                     checkpoint(step + 1, row["seconds"])
-                signum = stop.signum or 0
-                if ctx is not None:  # every worker stops at the same meta-step
-                    signum = all_reduce_max(signum, device)
-                if signum and step + 1 < meta["steps"]:
-                    if not saved:
-                        checkpoint(step + 1, row["seconds"])
-                    raise MetaTrainingInterrupted(signum, step + 1, ckpt_path)
-            seconds = time.perf_counter() - t0
-            checkpoint(meta["steps"], seconds)
+                raise MetaTrainingInterrupted(signum, step + 1, ckpt_path)
+        seconds = time.perf_counter() - t0
+        checkpoint(meta["steps"], seconds)
     finally:
+        stop.restore()
         bar.close()
         logger.finish()
     summary = _summary(run_dir, meta["steps"], seconds, counters, last)
