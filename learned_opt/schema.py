@@ -103,6 +103,10 @@ def list_of(checker: Checker, *, nonempty: bool = False, distinct: bool = False)
     return check_list
 
 
+def delegated(path: str, value: Any) -> None:
+    """A group checked elsewhere, by the constructor of the class it names (see :func:`check_call`)."""
+
+
 def device(path: str, value: Any) -> None:
     """``cpu``, ``cuda`` or ``cuda:N`` (a missing GPU is a warning at run time, not an error here)."""
     ok = isinstance(value, str) and (value in ("cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()))

@@ -192,7 +192,8 @@ def test_resuming_a_finished_run_rewrites_nothing(tmp_path, reference):
     original = (run / "summary.json").read_text()
     (run / "summary.json").unlink()
     summary = meta_train(copy.deepcopy(CFG), run, resume=True)
-    expected = {**json.loads(original), "checkpoint": str(run / "checkpoint.pt"), "best_checkpoint": str(run / "best.pt")}
+    expected = {**json.loads(original), "checkpoint": str(run / "checkpoint.pt"),
+                "best_checkpoint": str(run / "best.pt")}
     assert json.loads((run / "summary.json").read_text()) == expected == summary
     original = (run / "summary.json").read_text()
     # a shorter meta.steps than the checkpoint's is a finished run too

@@ -31,8 +31,8 @@ import torch
 
 from ..runlock import RunLock
 from ..runlog import RunLogger, check_wandb_config
-from ..schema import WANDB, ConfigError, Field, boolean, check, choice, device as device_field, integer, list_of
-from ..schema import number, optional, section
+from ..schema import (WANDB, ConfigError, Field, boolean, check, choice, delegated, device as device_field, integer,
+                      list_of, number, optional, section)
 from ..tasks import make_task
 from ..utils import atomic_write_text, resolve_device
 from . import metrics as M
@@ -75,8 +75,8 @@ SCHEMA = {
         "split_seed": Field(integer(0)),
         "seed": Field(integer(0)),
     },
-    "suite": Field(lambda p, v: None, required=True),       # parse_suite: each task's own constructor
-    "optimizers": Field(lambda p, v: None, required=True),  # parse_optimizers: each rule's constructor
+    "suite": Field(delegated, required=True),       # parse_suite: each task's own constructor
+    "optimizers": Field(delegated, required=True),  # parse_optimizers: each rule's constructor
     "wandb": Field(optional(section(WANDB))),
 }
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..optimizers import LEARNED_RULES
-from ..schema import (WANDB, ConfigError, Field, boolean, check, check_call, choice, device, integer, number,
-                      optional, section)
+from ..schema import (WANDB, ConfigError, Field, boolean, check, check_call, choice, delegated, device, integer,
+                      number, optional, section)
 from ..tasks import FAMILIES
 
 META_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
@@ -31,8 +31,8 @@ SCHEMA = {
     "progress": Field(boolean),
     "resume": Field(boolean),
     "checkpoint_every": Field(integer(0)),                 # 0: only at the end
-    "optimizer": Field(lambda p, v: None, required=True),  # checked by the rule's constructor
-    "family": Field(lambda p, v: None, required=True),     # checked by the family's constructor
+    "optimizer": Field(delegated, required=True),          # checked by the rule's constructor (check_groups)
+    "family": Field(delegated, required=True),             # checked by the family's constructor (check_groups)
     "meta": {
         "steps": Field(integer(1), required=True),
         "horizon": Field(integer(1), required=True),
