@@ -113,6 +113,21 @@ def test_damaged_cell_and_tuning_files_are_named_and_computed_again(tmp_path, mo
     assert evaluation_outputs(run) == evaluation_outputs(tmp_path / "ref")
 
 
+def test_resuming_a_finished_evaluation_rewrites_nothing(tmp_path):
+    run = tmp_path / "run"
+    summary = E.evaluate(copy.deepcopy(SMALL), run)
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert (run / "scores.png") in files
+    again = E.evaluate(copy.deepcopy(SMALL), run, resume=True)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    assert again == json.loads(json.dumps(summary))
+    # summary.json is written last: without it (stopped while drawing), the outputs are made again
+    (run / "summary.json").unlink()
+    (run / "scores.png").unlink()
+    E.evaluate(copy.deepcopy(SMALL), run, resume=True)
+    assert (run / "scores.png").exists() and (run / "summary.json").exists()
+
+
 def test_a_learned_optimizer_file_replaced_before_the_resume_is_refused(tmp_path, monkeypatch):
     no_figures(monkeypatch)
     cfg = copy.deepcopy(SMALL)

@@ -14,7 +14,8 @@ Failure and recovery: the whole config is checked before the run directory is to
 (:func:`check_config`); one process at a time holds the run directory
 (:class:`~learned_opt.runlock.RunLock`); ``config.json`` records the config and the SHA-256
 of every learned optimizer's file, and a resume with another config or a changed file is
-refused; a damaged cell or tuning file is named and computed again.
+refused; a damaged cell or tuning file is named and computed again; ``summary.json`` is written
+last, and a resume of a finished evaluation (every cell there, nothing damaged) rewrites nothing.
 """
 from __future__ import annotations
 
@@ -127,6 +128,7 @@ def _evaluate(cfg: dict, run_dir: Path, resume: bool, device: torch.device, spec
     cells: dict[tuple[str, str], list[dict]] = {}
     tuned: dict[tuple[str, str], dict] = {}
     t0 = time.perf_counter()
+    computed = False  # whether this call computed anything (else a finished evaluation is left as it is)
     for entry, spec, variant, task_label, seed in bar:
         bar.set_postfix(task=task_label, optimizer=entry)
         path = run_dir / "cells" / f"{entry}__{task_label}__{seed}.json"
@@ -139,6 +141,7 @@ def _evaluate(cfg: dict, run_dir: Path, resume: bool, device: torch.device, spec
                 import warnings
                 warnings.warn(f"{path} is damaged (entries missing); computing it again", RuntimeWarning,
                               stacklevel=2)
+        computed = True
         hp = None
         if variant == "tuned":
             key = (spec.label, task_label)
@@ -157,18 +160,30 @@ def _evaluate(cfg: dict, run_dir: Path, resume: bool, device: torch.device, spec
     for spec in specs:  # tuning records of cells that were all resumed
         for task_label in suite:
             p = run_dir / "tuning" / f"{spec.label}__{task_label}.json"
-            if p.exists():  # as written (a damaged record is computed again)
-                tuned[(spec.label, task_label)] = tune(spec, suite[task_label], cfg, device, cache=p)
+            if (spec.label, task_label) in tuned or not p.exists():
+                continue
+            rec = read_sealed(p)
+            if rec is None:  # damaged: computed again
+                p.unlink()
+                computed = True
+                rec = tune(spec, suite[task_label], cfg, device, cache=p)
+            tuned[(spec.label, task_label)] = rec
+    done = run_dir / "summary.json"  # written last: its presence means the evaluation finished
+    if not computed and done.exists():
+        try:
+            return json.loads(done.read_text())["summary"]  # finished: nothing is rewritten
+        except (ValueError, KeyError, TypeError):
+            pass  # damaged: written again below
 
     summary = summarise(cells, cols, suite, cfg)
     summary["seconds"] = time.perf_counter() - t0
     write_csv(cells, cols, suite, run_dir / "results.csv")
     md = summary_markdown(summary, suite, cols, tuned, cfg)
     atomic_write_text(md, run_dir / "summary.md")
-    atomic_write_text(json.dumps({"summary": summary, "tuning": {f"{k[0]}/{k[1]}": v for k, v in tuned.items()}},
-                                 indent=1), run_dir / "summary.json")
     figures = make_figures(cells, cols, suite, summary, run_dir, cfg)
     log_wandb(cells, cols, suite, summary, md, figures, run_dir, cfg)
+    atomic_write_text(json.dumps({"summary": summary, "tuning": {f"{k[0]}/{k[1]}": v for k, v in tuned.items()}},
+                                 indent=1), done)
     return summary
 
 
