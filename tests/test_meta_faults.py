@@ -448,7 +448,7 @@ def test_two_meta_training_processes_on_one_run_directory_one_runs(tmp_path, ref
     run = tmp_path / "run"
     first = _fork(_train_in_child, copy.deepcopy(CFG), str(run), False, 0.1)
     t0 = time.time()
-    while not (run / ".lock").exists():
+    while not (run / ".lock").exists() or not (run / ".lock").read_text():  # held: its holder is recorded
         assert time.time() - t0 < 30
         time.sleep(0.002)
     with pytest.raises(RunLocked):
