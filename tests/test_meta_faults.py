@@ -348,11 +348,11 @@ def _wait_for_rows(run_dir: Path, n: int, proc, timeout: float = 60.0) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_save_a_checkpoint_at_the_next_meta_step_and_exit_clearly(tmp_path, reference, sig):
-    cfg = cfg_with(checkpoint_every=0)  # no periodic checkpoints: only the signal makes one
+    cfg = cfg_with(checkpoint_every=0, meta__steps=12)  # no periodic checkpoints: only the signal makes one
     ref = tmp_path / "ref"
     meta_train(copy.deepcopy(cfg), ref)
     run = tmp_path / "run"
-    proc = _fork(_train_in_child, cfg, str(run), False, 0.2)
+    proc = _fork(_train_in_child, cfg, str(run), False, 0.3)  # seconds of margin before it would finish
     _wait_for_rows(run, 2, proc)
     os.kill(proc.pid, sig)
     proc.join(60)
