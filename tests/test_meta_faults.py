@@ -275,9 +275,6 @@ def test_a_full_disk_while_appending_metrics_leaves_no_half_row_and_the_run_resu
 
 
 def test_a_half_row_left_by_older_code_is_repaired_on_resume(tmp_path, reference, monkeypatch):
-    import shutil
-    shutil.copytree(reference, tmp_path / "run")
-    run = tmp_path / "run"
     # the run as it was at its step-4 checkpoint, with a half-written row 5 at the end of its metrics
     ckpt_4 = tmp_path / "ckpt4"
     real = T.TruncatedBPTT.estimate
@@ -347,7 +344,7 @@ def _wait_for_rows(run_dir: Path, n: int, proc, timeout: float = 60.0) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_sigint_save_a_checkpoint_at_the_next_meta_step_and_exit_clearly(tmp_path, reference, sig):
+def test_sigterm_and_sigint_save_a_checkpoint_at_the_next_meta_step_and_exit_clearly(tmp_path, sig):
     cfg = cfg_with(checkpoint_every=0, meta__steps=12)  # no periodic checkpoints: only the signal makes one
     ref = tmp_path / "ref"
     meta_train(copy.deepcopy(cfg), ref)
