@@ -14,6 +14,14 @@ When the rule has an in-place fast path (``update_``) and every hyperparameter
 is a plain number, the step uses it; otherwise it calls the pure ``update`` and
 copies the result into the parameters. Learned rules (``nn.Module``s) plug in the
 same way.
+
+The adapter is an ordinary ``torch.optim`` citizen: ``copy.deepcopy(opt)``,
+``pickle``/``torch.save`` of the whole object (the rule travels with it) and
+``state_dict``/``load_state_dict`` all continue exactly. Hyperparameters given as
+keyword arguments, in a param group or set later (by a scheduler) are validated
+at once or at the next step: a hand-crafted rule by its own constructor, any other
+rule (a learned one) by :func:`~baselines.base.check_hparam` and, when it has one,
+its ``check_hparams(hparams)`` method.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
-from .base import Rule, UpdateRule
+from .base import Rule, UpdateRule, check_hparam
 
 __all__ = ["RuleOptimizer"]
 
@@ -38,6 +46,9 @@ class RuleOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], rule: UpdateRule, **hparams: Any):
+        if isinstance(rule, type):
+            raise TypeError(f"rule must be an update-rule instance, got the class {rule.__name__}; "
+                            f"pass an instance, e.g. RuleOptimizer(params, {rule.__name__}())")
         if not isinstance(rule, UpdateRule):
             raise TypeError(f"rule must implement init(params) and update(grads, state, params), "
                             f"got {type(rule).__name__}")
@@ -51,9 +62,27 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.rule = rule
         self._hparam_names = names
         self._rules: dict[int, tuple[dict[str, Any], UpdateRule]] = {}
-        super().__init__(params, defaults)
-        for i, group in enumerate(self.param_groups):
-            self._rule_for(i, group)  # validate every group's hyperparameters now, not at the first step
+        super().__init__(params, defaults)  # add_param_group validates each group's hyperparameters
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        # validate the group's hyperparameters now, not at the first step
+        self._rule_for(len(self.param_groups) - 1, self.param_groups[-1])
+
+    # torch's Optimizer pickles only defaults, state and param_groups; the rule travels too, so that
+    # copy.deepcopy, pickle and torch.save of the whole optimizer give one that continues exactly.
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update(rule=self.rule, _hparam_names=self._hparam_names)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # (torch's load_state_dict calls this too, with state and param_groups only)
+        had_flag = "differentiable" in state.get("defaults", getattr(self, "defaults", {}))
+        super().__setstate__(state)
+        if not had_flag:  # torch adds it to defaults; this adapter has no such hyperparameter
+            self.defaults.pop("differentiable", None)
+        self._rules = {}
 
     def _rule_for(self, index: int, group: dict) -> UpdateRule:
         """The rule with this group's current hyperparameters (rebuilt only when they change)."""
@@ -61,12 +90,10 @@ class RuleOptimizer(torch.optim.Optimizer):
         cached = self._rules.get(index)
         if cached is not None and all(cached[0][n] is v or _same(cached[0][n], v) for n, v in hp.items()):
             return cached[1]
-        if isinstance(self.rule, Rule):
-            rule = type(self.rule)(**hp)  # re-validates the values
-        else:
-            rule = copy.copy(self.rule)
-            for n, v in hp.items():
-                setattr(rule, n, v)
+        try:
+            rule = _configured(self.rule, hp)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"param group {index}: {e}") from e
         self._rules[index] = (hp, rule)
         return rule
 
@@ -119,6 +146,22 @@ class RuleOptimizer(torch.optim.Optimizer):
                     self.state[p][b] = new_state[b][n]
         for p in plist:
             self.state[p]["step"] = step + 1
+
+
+def _configured(rule: UpdateRule, hp: dict[str, Any]) -> UpdateRule:
+    """``rule`` with the hyperparameters ``hp``, validated the way hand-crafted rules are."""
+    if isinstance(rule, Rule):
+        return type(rule)(**hp)  # the constructor validates every value
+    schedulable = tuple(getattr(rule, "schedulable", ()))
+    for n, v in hp.items():
+        check_hparam(n, v, schedulable)
+    check = getattr(rule, "check_hparams", None)
+    if callable(check):
+        check(dict(hp))
+    new = copy.copy(rule)  # shares the learned rule's meta-parameters
+    for n, v in hp.items():
+        setattr(new, n, v)
+    return new
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -84,7 +84,11 @@ def check_range(name: str, value: Any, low: float, high: float = math.inf,
     if isinstance(value, Tensor) and value.numel() != 1:
         vals = value.detach().flatten().tolist()
     else:
-        vals = [_scalar(value)]
+        try:
+            vals = [_scalar(value)]
+        except TypeError:
+            raise TypeError(f"{name}={value!r} must be a number, a tensor or a schedule, "
+                            f"got {type(value).__name__}") from None
     lo_ok = (lambda v: v >= low) if low_inclusive else (lambda v: v > low)
     hi_ok = (lambda v: v <= high) if high_inclusive else (lambda v: v < high)
     for v in vals:
@@ -92,6 +96,26 @@ def check_range(name: str, value: Any, low: float, high: float = math.inf,
             lb = "[" if low_inclusive else "("
             rb = "]" if high_inclusive else ")"
             raise ValueError(f"{name}={v!r} is out of range: allowed {name} in {lb}{low}, {high}{rb}")
+
+
+def check_hparam(name: str, value: Any, schedulable: tuple[str, ...] = ()) -> None:
+    """The checks every rule's hyperparameter passes, whatever the rule (used by the adapter for rules
+    that are not a :class:`Rule`, e.g. learned ones, whose ``lr`` is a plain output multiplier).
+
+    ``value`` must be a real number (not a bool) or a tensor, or a schedule where ``name`` is in
+    ``schedulable``; never NaN; ``lr`` must lie in ``[0, inf)`` as for the hand-crafted rules.
+    """
+    if is_schedule(value):
+        if name in schedulable:
+            return
+        raise TypeError(f"{name}={value!r} must be a number or a one-element tensor; this rule takes no "
+                        f"schedule for {name}")
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
+        raise TypeError(f"{name}={value!r} must be a number or a tensor, got {type(value).__name__}")
+    if name == "lr":
+        check_range("lr", value, 0.0)
+    else:
+        check_range(name, value, -math.inf, math.inf, high_inclusive=True)  # any value but NaN
 
 
 def check_betas(betas: Any) -> None:

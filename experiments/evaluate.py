@@ -6,9 +6,11 @@
 
 Writes ``summary.md``, ``summary.json``, ``results.csv``, ``curves_<task>.png``,
 ``scores.png``, ``ranks.png`` and W&B runs (offline by default) to the run directory.
+A config, checkpoint or run-directory problem is reported in one line (exit status 2).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -16,6 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from learned_opt.evaluation.evaluate import evaluate
+from learned_opt.meta.checkpoint import CheckpointError
+from learned_opt.runlock import RunLocked
+from learned_opt.schema import ConfigError
 
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
@@ -23,7 +28,11 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     resume = bool(config.pop("resume", False))
-    summary = evaluate(config, run_dir, resume=resume)
+    try:
+        summary = evaluate(config, run_dir, resume=resume)
+    except (ConfigError, CheckpointError, RunLocked, FileExistsError, FileNotFoundError) as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     print((run_dir / "summary.md").read_text())
     print(f"wrote {run_dir}/summary.md, results.csv, *.png ({summary['seconds']:.0f} s)")
 

@@ -2,12 +2,20 @@
 
 ``wandb.mode`` is ``offline`` by default (works with no account or network; upload
 later with ``wandb sync RUN_DIR/wandb/offline-run-*``), ``online`` or ``disabled``.
+
+The JSONL file is line-atomic: each row is one ``write`` of a whole line, and a write that
+fails part-way (a full disk) is cut back, so the file never keeps half a row. A file that
+ends in half a row anyway (written by older code, or cut by the system) is repaired when it
+is opened again: the partial last line is dropped. :func:`read_jsonl` reads such files, and
+:func:`truncate_jsonl` keeps only the rows up to a step (what a resumed run replays is not
+logged twice).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -52,7 +60,8 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / jsonl
-        self._file = open(self.path, "a", encoding="utf-8")
+        repair_jsonl(self.path)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         cfg = check_wandb_config(wandb_cfg)
         self.wandb_run = None
         if cfg["mode"] != "disabled":
@@ -72,8 +81,7 @@ class RunLogger:
         row = _jsonable(metrics)
         if step is not None:
             row = {"step": step, **row}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        append_line(self._fd, self.path, json.dumps(row))
         if self.wandb_run is not None:
             self.wandb_run.log(_jsonable(metrics), step=step)
 
@@ -93,7 +101,9 @@ class RunLogger:
             self.wandb_run.log({key: wandb.Image(str(path))})
 
     def finish(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
@@ -103,6 +113,92 @@ class RunLogger:
 
     def __exit__(self, *exc: Any) -> None:
         self.finish()
+
+
+def _write(fd: int, data: bytes) -> int:
+    return os.write(fd, data)
+
+
+def append_line(fd: int, path: Path, line: str) -> None:
+    """Append ``line`` and a newline to the file open (``O_APPEND``) at ``fd``, whole or not at all: after a
+    failed or short write the file is cut back to its previous end and the error is raised."""
+    data = (line + "\n").encode("utf-8")
+    start = os.fstat(fd).st_size
+    done = 0
+    try:
+        while done < len(data):
+            n = _write(fd, data[done:])
+            if n <= 0:
+                raise OSError(f"short write to {path}")
+            done += n
+    except OSError as e:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass  # the next open repairs the partial line
+        raise OSError(e.errno, f"could not append a row to {path} ({e.strerror or e}); the file was left "
+                               f"as it was before this row") from e
+
+
+def repair_jsonl(path: str | Path) -> None:
+    """Drop a partial last line (one without its newline that is not JSON) from ``path``, if there is one."""
+    path = Path(path)
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[keep:])
+    except ValueError:
+        warnings.warn(f"{path}: dropped a partial last line ({len(data) - keep} bytes, an interrupted write)",
+                      RuntimeWarning, stacklevel=3)
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+        return
+    with open(path, "ab") as f:  # a whole row that only lacks its newline
+        f.write(b"\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSONL file; a line that is not JSON (a damaged row) is skipped with a warning."""
+    rows = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            warnings.warn(f"{path}: line {i + 1} is not valid JSON (a damaged row); skipped", RuntimeWarning,
+                          stacklevel=2)
+    return rows
+
+
+def truncate_jsonl(path: str | Path, last_step: int) -> None:
+    """Keep only the rows of ``path`` whose ``step`` is at most ``last_step`` (rewritten atomically; the
+    kept lines are kept byte for byte). Damaged lines are dropped with a warning."""
+    from .utils import atomic_write_text
+    path = Path(path)
+    if not path.exists():
+        return
+    kept, dropped, damaged = [], 0, []
+    for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            damaged.append(i + 1)
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > last_step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if damaged:
+        warnings.warn(f"{path}: dropped damaged line(s) {damaged} (not valid JSON)", RuntimeWarning, stacklevel=2)
+    if dropped or damaged:
+        atomic_write_text("".join(line + "\n" for line in kept), path)
 
 
 def read_wandb_run(run_dir: str | Path) -> list[dict]:

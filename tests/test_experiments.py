@@ -64,6 +64,45 @@ def test_meta_train_script_tiny_and_resume_alias(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
+    # a rejected override is reported in one line and not recorded; a finished run is left as it is
+    recorded = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "meta.steps=5" in recorded
+    files = {p: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    for extra, code in ((["meta.lr=0.01"], 2), ([], 0)):
+        proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "meta_train.py"), "--resume", str(run_dir),
+                               *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == code, proc.stderr[-3000:]
+        assert (run_dir / ".hydra" / "overrides.yaml").read_text() == recorded
+        assert {p: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == files
+        if code:
+            assert "meta.lr: checkpoint 0.003 vs now 0.01" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout[proc.stdout.index("{"):])["meta_steps"] == 5
+
+
+def test_meta_train_script_stops_on_sigterm_with_a_checkpoint_and_a_clear_message(tmp_path):
+    import signal
+    import time
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "meta_train.py"), f"hydra.run.dir={run_dir}",
+                             "family=quadratic", "optimizer=learned_adam", "meta.steps=100000", "meta.horizon=10",
+                             "meta.truncation=5", "meta.tasks_per_step=1", "validation.every=0",
+                             "checkpoint_every=0", "wandb.mode=disabled", "progress=false"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 3):
+        assert proc.poll() is None and time.time() - t0 < 240, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what a cluster sends on preemption
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    from learned_opt.meta.checkpoint import load_checkpoint
+    step = load_checkpoint(run_dir / "checkpoint.pt")["meta_step"]
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    assert step == last >= 3
+    assert f"SIGTERM received: meta-training stopped after meta-step {step}" in err
+    assert f"--resume {run_dir}" in err and "Traceback" not in err
+    assert not (run_dir / ".lock").exists()
 
 
 def test_quickstart_tiny(tmp_path):

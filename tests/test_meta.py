@@ -15,7 +15,7 @@ import baselines as B
 import learned_opt
 from learned_opt.meta import CheckpointError, TruncatedBPTT, meta_train
 from learned_opt.meta import trainer as T
-from learned_opt.meta.checkpoint import load_checkpoint, save_checkpoint
+from learned_opt.meta.checkpoint import content_hash, load_checkpoint, save_checkpoint
 from learned_opt.optimizers import LearnedAdam, make_learned_rule
 from learned_opt.tasks import make_family
 from learned_opt.tasks.base import TaskFamily
@@ -211,6 +211,7 @@ def test_corrupt_missing_foreign_and_mismatched_checkpoints_are_rejected(tmp_pat
         learned_opt.load(tmp_path / "evil.pt")
     ckpt = torch.load(good, weights_only=True)
     ckpt["rule"]["config"]["hidden_sizes"] = [7]
+    ckpt["sha256"] = content_hash(ckpt)  # a consistent file whose meta-parameters do not fit its rule
     torch.save(ckpt, tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="do not fit"):
         learned_opt.load(tmp_path / "mismatch.pt")

@@ -9,6 +9,13 @@ seed x step), ``summary.md``, ``summary.json``, ``curves_<task>.png``,
 ``cells/`` and ``tuning/`` (every finished unit of work, for resuming), and
 W&B runs: one per (optimizer, task), grouped by task and tagged by optimizer
 family, plus one ``summary`` run with the tables and comparison plots.
+
+Failure and recovery: the whole config is checked before the run directory is touched
+(:func:`check_config`); one process at a time holds the run directory
+(:class:`~learned_opt.runlock.RunLock`); ``config.json`` records the config and the SHA-256
+of every learned optimizer's file, and a resume with another config or a changed file is
+refused; a damaged cell or tuning file is named and computed again; ``summary.json`` is written
+last, and a resume of a finished evaluation (every cell there, nothing damaged) rewrites nothing.
 """
 from __future__ import annotations
 
@@ -23,12 +30,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..runlock import RunLock
 from ..runlog import RunLogger, check_wandb_config
+from ..schema import (WANDB, ConfigError, Field, boolean, check, choice, delegated, device as device_field, integer,
+                      list_of, number, optional, section)
 from ..tasks import make_task
 from ..utils import atomic_write_text, resolve_device
 from . import metrics as M
 from .plots import plot_curves
-from .suite import OptimizerSpec, budget, parse_optimizers, parse_suite, run_cell, task_kwargs, tune
+from .suite import (TUNING_METHODS, TUNING_OBJECTIVES, OptimizerSpec, budget, parse_optimizers, parse_suite,
+                    read_sealed, run_cell, task_kwargs, tune, write_sealed)
 from .tables import markdown_table
 
 REFERENCE = "adam@tuned"  # the normalising reference, learned_optimization style
@@ -48,35 +59,66 @@ def entries(specs: list[OptimizerSpec]) -> list[tuple[str, OptimizerSpec, str]]:
     return out
 
 
+SCHEMA = {
+    "device": Field(device_field),
+    "steps": Field(integer(1), required=True),
+    "seeds": Field(list_of(integer(), distinct=True), required=True),
+    "eval_every": Field(integer(0)),                 # 0: only at the end
+    "eval_examples": Field(optional(integer(1))),    # null: all
+    "progress": Field(boolean),
+    "resume": Field(boolean),
+    "tuning": {
+        "method": Field(choice(*TUNING_METHODS)),
+        "budget": Field(integer(1)),
+        "seeds": Field(list_of(integer(), distinct=True), required=True),
+        "objective": Field(choice(*TUNING_OBJECTIVES)),
+        "val_fraction": Field(number(0, 1, low_open=True, high_open=True)),
+        "split_seed": Field(integer(0)),
+        "seed": Field(integer(0)),
+    },
+    "suite": Field(delegated, required=True),       # parse_suite: each task's own constructor
+    "optimizers": Field(delegated, required=True),  # parse_optimizers: each rule's constructor
+    "wandb": Field(optional(section(WANDB))),
+}
+
+
 def check_config(cfg: dict, device: torch.device) -> tuple[list[OptimizerSpec], dict[str, dict]]:
-    for key in ("steps",):
-        if not isinstance(cfg.get(key), int) or cfg[key] < 1:
-            raise ValueError(f"{key}={cfg.get(key)!r} must be an integer >= 1")
+    """Every field type- and range-checked, every key read by something, every task and optimizer built
+    (tuning candidates included), before any work; returns the optimizer specs and the suite."""
+    check(cfg, SCHEMA)
     if not cfg.get("seeds"):
         raise ValueError("seeds is empty: give the evaluation seeds, e.g. [100, 101, 102]")
+    if not cfg["tuning"]["seeds"]:
+        raise ConfigError("tuning.seeds is empty: give the tuning seeds, e.g. [0, 1]")
     if set(cfg["seeds"]) & set(cfg["tuning"]["seeds"]):
         raise ValueError(f"tuning.seeds {cfg['tuning']['seeds']} overlap the evaluation seeds {cfg['seeds']}: "
                          f"tune on other seeds than you report")
     check_wandb_config(cfg.get("wandb"))
-    return parse_optimizers(cfg["optimizers"]), parse_suite(cfg["suite"], device)
+    return parse_optimizers(cfg["optimizers"], cfg["tuning"]), parse_suite(cfg["suite"], device)
 
 
 def evaluate(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
     device = resolve_device(cfg.get("device", "cpu"))
     specs, suite = check_config(cfg, device)
     run_dir = Path(run_dir)
-    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
-    (run_dir / "tuning").mkdir(exist_ok=True)
+    with RunLock(run_dir, "evaluate"):
+        return _evaluate(cfg, run_dir, resume, device, specs, suite)
+
+
+def _evaluate(cfg: dict, run_dir: Path, resume: bool, device: torch.device, specs: list[OptimizerSpec],
+              suite: dict[str, dict]) -> dict:
     saved_cfg = run_dir / "config.json"
+    files = {s.label: s.sha256 for s in specs if s.learned}
+    record = {**_comparable(cfg), **({"checkpoint_sha256": files} if files else {})}
     if saved_cfg.exists():
         if not resume:
             raise FileExistsError(f"{run_dir} already holds an evaluation: pass resume=true to continue it "
                                   f"(nothing was overwritten)")
-        if json.loads(saved_cfg.read_text()) != _comparable(cfg):
-            raise ValueError(f"resume: {saved_cfg} was written by a different configuration; "
-                             f"use a new run directory")
-    else:
-        atomic_write_text(json.dumps(_comparable(cfg), indent=1), saved_cfg)
+        _check_same_evaluation(saved_cfg, record)
+    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+    (run_dir / "tuning").mkdir(exist_ok=True)
+    if not saved_cfg.exists():
+        atomic_write_text(json.dumps(record, indent=1), saved_cfg)
 
     cols = entries(specs)
     seeds = list(cfg["seeds"])
@@ -86,12 +128,20 @@ def evaluate(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
     cells: dict[tuple[str, str], list[dict]] = {}
     tuned: dict[tuple[str, str], dict] = {}
     t0 = time.perf_counter()
+    computed = False  # whether this call computed anything (else a finished evaluation is left as it is)
     for entry, spec, variant, task_label, seed in bar:
         bar.set_postfix(task=task_label, optimizer=entry)
         path = run_dir / "cells" / f"{entry}__{task_label}__{seed}.json"
         if path.exists():
-            cells.setdefault((entry, task_label), []).append(json.loads(path.read_text()))
-            continue
+            cell = read_sealed(path, expect={"seed": seed})
+            if cell is not None and _is_cell(cell):
+                cells.setdefault((entry, task_label), []).append(cell)
+                continue
+            if cell is not None:
+                import warnings
+                warnings.warn(f"{path} is damaged (entries missing); computing it again", RuntimeWarning,
+                              stacklevel=2)
+        computed = True
         hp = None
         if variant == "tuned":
             key = (spec.label, task_label)
@@ -103,30 +153,69 @@ def evaluate(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
         cell = run_cell(task, spec.build(device, hp), seed, budget(suite[task_label], cfg), device,
                         eval_every=cfg.get("eval_every", 0), eval_examples=cfg.get("eval_examples"))
         cell["hparams"] = hp if hp is not None else (spec.hparams if not spec.learned else {})
-        atomic_write_text(json.dumps(cell), path)
+        cell = json.loads(json.dumps(cell))  # exactly what a resumed run reads back
+        write_sealed(cell, path)
         cells.setdefault((entry, task_label), []).append(cell)
     bar.close()
     for spec in specs:  # tuning records of cells that were all resumed
         for task_label in suite:
             p = run_dir / "tuning" / f"{spec.label}__{task_label}.json"
-            if p.exists():
-                tuned[(spec.label, task_label)] = json.loads(p.read_text())
+            if (spec.label, task_label) in tuned or not p.exists():
+                continue
+            rec = read_sealed(p)
+            if rec is None:  # damaged: computed again
+                p.unlink()
+                computed = True
+                rec = tune(spec, suite[task_label], cfg, device, cache=p)
+            tuned[(spec.label, task_label)] = rec
+    done = run_dir / "summary.json"  # written last: its presence means the evaluation finished
+    if not computed and done.exists():
+        try:
+            return json.loads(done.read_text())["summary"]  # finished: nothing is rewritten
+        except (ValueError, KeyError, TypeError):
+            pass  # damaged: written again below
 
     summary = summarise(cells, cols, suite, cfg)
     summary["seconds"] = time.perf_counter() - t0
     write_csv(cells, cols, suite, run_dir / "results.csv")
     md = summary_markdown(summary, suite, cols, tuned, cfg)
     atomic_write_text(md, run_dir / "summary.md")
-    atomic_write_text(json.dumps({"summary": summary, "tuning": {f"{k[0]}/{k[1]}": v for k, v in tuned.items()}},
-                                 indent=1), run_dir / "summary.json")
     figures = make_figures(cells, cols, suite, summary, run_dir, cfg)
     log_wandb(cells, cols, suite, summary, md, figures, run_dir, cfg)
+    atomic_write_text(json.dumps({"summary": summary, "tuning": {f"{k[0]}/{k[1]}": v for k, v in tuned.items()}},
+                                 indent=1), done)
     return summary
 
 
 def _comparable(cfg: dict) -> dict:
     """The config without the entries that may change between an interrupted run and its resume."""
     return {k: v for k, v in cfg.items() if k not in ("progress", "wandb", "resume", "device")}
+
+
+CELL_KEYS = ("seed", "train_loss", "diverged", "seconds", "evals", "hparams")
+
+
+def _is_cell(cell: dict) -> bool:
+    return all(k in cell for k in CELL_KEYS) and isinstance(cell["train_loss"], list)
+
+
+def _check_same_evaluation(saved_cfg: Path, record: dict) -> None:
+    """Refuse to resume with another config, or with a learned optimizer's file that changed."""
+    try:
+        saved = json.loads(saved_cfg.read_text())
+    except ValueError as e:
+        raise ConfigError(f"resume: {saved_cfg} is damaged ({e}); use a new run directory") from e
+    files_then, files_now = saved.pop("checkpoint_sha256", None), record.get("checkpoint_sha256", {})
+    now = {k: v for k, v in record.items() if k != "checkpoint_sha256"}
+    if saved != now:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ConfigError(f"resume: {saved_cfg} was written by a different configuration (differs in "
+                         f"{', '.join(diff)}); use a new run directory")
+    for label, digest in (files_then or {}).items():  # older runs recorded no hashes
+        if files_now.get(label) != digest:
+            raise ConfigError(f"resume: the file of optimizers.{label} changed since this evaluation started "
+                             f"(SHA-256 {digest[:16]}... recorded, {str(files_now.get(label))[:16]}... now): "
+                             f"its finished cells used the old file. Restore it, or use a new run directory")
 
 
 # --------------------------------------------------------------------------- summary

@@ -61,9 +61,9 @@ def plot_curves(curves: Mapping[str, np.ndarray], path: str | Path, *, title: st
 def plot_meta_loss(run_dir: str | Path) -> Path | None:
     """``meta_loss.png`` from a meta-training run's ``metrics.jsonl``: meta-loss per meta-step and,
     where recorded, the validation loss on held-out tasks."""
-    import json
+    from ..runlog import read_jsonl
     run_dir = Path(run_dir)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in rows if isinstance(r.get("meta_loss"), (int, float))]
     if not train:
         return None

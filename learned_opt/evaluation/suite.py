@@ -13,15 +13,23 @@ stated tuning budget, over several seeds, on several tasks:
   hyperparameters is evaluated as it is: it has no tuning knobs;
 * every (optimizer, task, seed) cell runs through the one ``unroll`` and is
   saved as soon as it finishes, so an interrupted evaluation resumes without
-  redoing or losing finished cells;
+  redoing or losing finished cells. A saved cell carries a hash of its content;
+  one that is damaged is named and computed again;
 * a rule that can use the run's length (``uses_horizon``, e.g. the ``celo``
   learned optimizer) is told it: ``rule.init(params, horizon=steps)``;
 * a suite entry with ``requires_files: true`` (a dataset read from files, such
   as full MNIST) is skipped, with a printed note, when its files are absent;
   without it, absent files are an error before any work starts.
+
+Every optimizer entry is checked before any work: a hand-crafted rule's options by its
+constructor, each tuning candidate by building the rule with it, a learned optimizer's file
+by loading it (its content hash verified) and recording the SHA-256 of its bytes, which every
+later use of the file checks again (a file replaced mid-evaluation is an error, not a silent
+mix of two optimizers).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -35,6 +43,7 @@ import torch
 from baselines import RULES, make_rule
 from baselines.base import UpdateRule
 
+from ..schema import ConfigError, check_call
 from ..tasks import TASKS, make_task
 from ..tasks.base import Task
 from ..tasks.datasets import Dataset
@@ -58,6 +67,7 @@ class OptimizerSpec:
     hparams: dict = field(default_factory=dict)
     tune: dict = field(default_factory=dict)  # hyperparameter -> [low, high] (log scale) or a list of values
     checkpoint: str | None = None           # a learned rule
+    sha256: str | None = None               # of the learned rule's file, recorded when the config was checked
 
     @property
     def learned(self) -> bool:
@@ -69,39 +79,79 @@ class OptimizerSpec:
 
     def build(self, device: torch.device, hparams: dict | None = None) -> UpdateRule:
         if self.learned:
-            from ..meta.checkpoint import load_rule
+            from ..meta.checkpoint import CheckpointError, load_rule
+            if self.sha256 is not None and file_sha256(self.checkpoint) != self.sha256:
+                raise CheckpointError(f"optimizers.{self.label}.checkpoint: {self.checkpoint} changed since this "
+                                      f"evaluation started (SHA-256 {self.sha256[:16]}... recorded, now "
+                                      f"{file_sha256(self.checkpoint)[:16]}...); restore it, or evaluate the new "
+                                      f"file in a new run directory")
             return load_rule(self.checkpoint, device)
         return make_rule(self.rule, **(self.hparams if hparams is None else hparams))
 
 
-def parse_optimizers(cfg: dict) -> list[OptimizerSpec]:
-    """Validate every optimizer entry (names, hyperparameters, checkpoints) before any work starts."""
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def parse_optimizers(cfg: dict, tuning: dict | None = None) -> list[OptimizerSpec]:
+    """Validate every optimizer entry (names, hyperparameters, checkpoints) before any work starts.
+
+    With ``tuning`` (the config's ``tuning:`` block), every candidate the search would try is
+    built once, so a tuning range no rule accepts fails here, not after the default cells ran.
+    """
     if not cfg:
         raise ValueError("optimizers is empty: name at least one optimizer to evaluate")
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"optimizers={cfg!r} is not allowed; allowed: a mapping label -> entry")
     specs = []
     for label, entry in cfg.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"optimizers.{label}={entry!r} is not allowed; allowed: a mapping with `rule` "
+                              f"(and its hyperparameters, `tune`) or `checkpoint`")
         entry = dict(entry)
         if "checkpoint" in entry:
+            extra = sorted(set(entry) - {"checkpoint"})
+            if extra:
+                raise ConfigError(f"optimizers.{label}.{extra[0]}={entry[extra[0]]!r}: unknown key (nothing reads it); "
+                                  f"a learned optimizer entry takes only `checkpoint`")
+            if not isinstance(entry["checkpoint"], str):
+                raise ConfigError(f"optimizers.{label}.checkpoint={entry['checkpoint']!r} is not allowed; "
+                                  f"allowed: a file path")
             path = Path(entry["checkpoint"])
             if not path.is_file():
                 raise FileNotFoundError(f"optimizers.{label}.checkpoint: no such file {path}")
             from ..meta.checkpoint import load_checkpoint
+            digest = file_sha256(path)
             load_checkpoint(path)  # corrupt or foreign files fail here, with the reason
-            specs.append(OptimizerSpec(label, checkpoint=str(path)))
+            specs.append(OptimizerSpec(label, checkpoint=str(path), sha256=digest))
             continue
         if "rule" not in entry:
             raise ValueError(f"optimizers.{label} needs either `rule` (one of {', '.join(RULES)}) or `checkpoint`")
         rule = entry.pop("rule")
-        if rule not in RULES:
+        if not isinstance(rule, str) or rule not in RULES:
             raise ValueError(f"optimizers.{label}.rule: unknown optimizer {rule!r}; allowed: {', '.join(RULES)}")
-        tune = dict(entry.pop("tune", None) or {})
-        make_rule(rule, **entry)  # bad hyperparameters raise here
+        tune = entry.pop("tune", None) or {}
+        if not isinstance(tune, dict):
+            raise ConfigError(f"optimizers.{label}.tune={tune!r} is not allowed; allowed: a mapping "
+                              f"hyperparameter -> [low, high] or a list of values")
+        tune = dict(tune)
+        check_call(f"optimizers.{label}", f"rule {rule!r}", RULES[rule], entry)  # bad hyperparameters raise here
         for name, space in tune.items():
             if name not in RULES[rule].hparam_names:
                 raise ValueError(f"optimizers.{label}.tune.{name}: {rule} has no hyperparameter {name!r}; "
                                  f"allowed: {', '.join(RULES[rule].hparam_names)}")
             if not isinstance(space, (list, tuple)) or len(space) < 2:
                 raise ValueError(f"optimizers.{label}.tune.{name}={space!r}: give [low, high] or a list of values")
+        if tune and tuning is not None:
+            for cand in candidates(tune, tuning.get("method", "grid"), int(tuning.get("budget", 8)),
+                                   int(tuning.get("seed", 0))):
+                try:
+                    make_rule(rule, **{**entry, **cand})
+                except (ValueError, TypeError) as e:
+                    raise ConfigError(f"optimizers.{label}.tune={tune!r}: the search would try {cand}, which {rule} "
+                                      f"rejects: {e}. A [low, high] range is searched on a log scale (0 < low, high); "
+                                      f"any other list is a list of values to try") from e
         specs.append(OptimizerSpec(label, rule=rule, hparams=entry, tune=tune))
     return specs
 
@@ -127,17 +177,29 @@ def parse_suite(cfg: dict, device: torch.device) -> dict[str, dict]:
     """
     if not cfg:
         raise ValueError("suite is empty: name at least one task")
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"suite={cfg!r} is not allowed; allowed: a mapping label -> task entry")
     suite, skipped = {}, []
     for label, spec in cfg.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"suite.{label}={spec!r} is not allowed; allowed: a mapping with `name` and the "
+                              f"task's options")
         spec = dict(spec)
-        if spec.get("name") not in TASKS:
+        if not isinstance(spec.get("name"), str) or spec.get("name") not in TASKS:
             raise ValueError(f"suite.{label}.name: unknown task {spec.get('name')!r}; allowed: {', '.join(TASKS)}")
-        if "steps" in spec and (not isinstance(spec["steps"], int) or spec["steps"] < 1):
+        if "steps" in spec and (isinstance(spec["steps"], bool) or not isinstance(spec["steps"], int)
+                                or spec["steps"] < 1):
             raise ValueError(f"suite.{label}.steps={spec['steps']!r} must be an integer >= 1")
         if not isinstance(spec.get("requires_files", False), bool):
             raise ValueError(f"suite.{label}.requires_files={spec['requires_files']!r} must be true or false")
+        if "target_loss" in spec and (isinstance(spec["target_loss"], bool)
+                                      or not isinstance(spec["target_loss"], (int, float))
+                                      or math.isnan(spec["target_loss"])):
+            raise ConfigError(f"suite.{label}.target_loss={spec['target_loss']!r} is not allowed; allowed: a number")
+        kwargs = task_kwargs(spec)
+        name = kwargs.pop("name")
         try:
-            make_task(**task_kwargs(spec), device=device)
+            check_call(f"suite.{label}", f"task {name!r}", TASKS[name], kwargs, inject={"device": device})
         except FileNotFoundError as err:
             if not spec.get("requires_files", False):
                 raise
@@ -241,7 +303,9 @@ def tuning_score(cell: dict, steps: int, objective: str) -> float:
 def tune(spec: OptimizerSpec, task_spec: dict, cfg: dict, device: torch.device, cache: Path | None = None) -> dict:
     """Search ``spec.tune``; returns ``{"best": hparams, "trials": [...]}`` (cached in ``cache`` if given)."""
     if cache is not None and cache.exists():
-        return json.loads(cache.read_text())
+        cached = read_sealed(cache)
+        if cached is not None:
+            return cached
     tcfg = cfg["tuning"]
     objective = tcfg.get("objective", "final_val_loss")
     if objective not in TUNING_OBJECTIVES:
@@ -259,6 +323,39 @@ def tune(spec: OptimizerSpec, task_spec: dict, cfg: dict, device: torch.device, 
     best = min(finite, key=lambda t: t["score"]) if finite else {"hparams": {}, "score": math.inf}
     out = {"best": {**spec.hparams, **best["hparams"]}, "best_score": best["score"], "objective": objective,
            "trials": trials}
+    out = json.loads(json.dumps(out))  # exactly what a resumed run reads back
     if cache is not None:
-        atomic_write_text(json.dumps(out, indent=1), cache)
+        write_sealed(out, cache, indent=1)
     return out
+
+
+# --------------------------------------------------------------------------- sealed records
+def _digest(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_sealed(record: dict, path: Path, indent: int | None = None) -> None:
+    """Write ``record`` as JSON with a ``sha256`` of its content, atomically."""
+    atomic_write_text(json.dumps({**record, "sha256": _digest(record)}, indent=indent), path)
+
+
+def read_sealed(path: Path, expect: dict | None = None) -> dict | None:
+    """The record in ``path``; None (with a warning naming the file and why) when it is damaged: not JSON,
+    not a mapping, a hash that does not match, or entries other than ``expect``. Records written
+    before they carried a hash are taken as they are. The hash is not part of the record returned."""
+    import warnings
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError(f"a {type(record).__name__}, not a mapping")
+        if "sha256" in record and record["sha256"] != _digest(record):
+            raise ValueError("its content does not match its hash")
+        for k, v in (expect or {}).items():
+            if record.get(k) != v:
+                raise ValueError(f"{k}={record.get(k)!r}, expected {v!r}")
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        warnings.warn(f"{path} is damaged ({e}); computing it again", RuntimeWarning, stacklevel=2)
+        return None
+    record.pop("sha256", None)
+    return record

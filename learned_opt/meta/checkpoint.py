@@ -11,11 +11,22 @@ Layout (a plain dict; every leaf a tensor, number, string, list or dict)::
      "meta_params": rule.state_dict(),
      "meta_step": int,
      "config": "<the run's config as JSON>",
-     ... anything else the trainer adds (meta-optimizer state, RNG states, inner slots)}
+     ... anything else the trainer adds (meta-optimizer state, RNG states, inner slots),
+     "sha256": "<content hash of everything above>"}
+
+Integrity: :func:`content_hash` is a SHA-256 over the whole payload (every tensor's dtype,
+shape and bytes, every other value exactly), stored in the file and verified by
+:func:`load_checkpoint`, so a byte flipped anywhere (tensor data included, which ``torch.load``
+alone does not notice) is reported as corruption. Files written before the hash existed
+(``pretrained/``) load as legacy, unverified; a hash that is present and does not match is
+always an error. Every entry is type-checked on load, so a damaged or hand-edited file gives
+a :class:`CheckpointError` naming the entry, never an ``AttributeError`` deep inside.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -41,11 +52,51 @@ def rule_name(rule: nn.Module) -> str:
                           f"registered: {', '.join(LEARNED_RULES)}")
 
 
+HASH_KEY = "sha256"
+# What a checkpoint needs beyond the meta-parameters for meta-training to continue from it.
+TRAINING_STATE = ("meta_opt", "torch_rng", "counters")
+
+
+def content_hash(payload: dict) -> str:
+    """SHA-256 of everything in ``payload`` but its own hash entry (see the module docstring)."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in payload.items() if k != HASH_KEY})
+    return h.hexdigest()
+
+
+def _feed(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for k, v in sorted(obj.items(), key=lambda kv: (type(kv[0]).__name__, repr(kv[0]))):
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}:".encode())
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, str):
+        b = obj.encode("utf-8")
+        h.update(f"S{len(b)}:".encode() + b)
+    elif isinstance(obj, bool) or obj is None:
+        h.update(f"B{obj}:".encode())
+    elif isinstance(obj, int):
+        h.update(f"I{obj}:".encode())
+    elif isinstance(obj, float):
+        h.update(f"F{obj.hex() if math.isfinite(obj) else obj}:".encode())
+    else:
+        h.update(f"O{type(obj).__name__}{obj!r}:".encode())
+
+
 def save_checkpoint(path: str | Path, rule: nn.Module, meta_step: int, config: dict, **extra: Any) -> Path:
     """Write a checkpoint atomically (temp file + rename); an existing file is only replaced whole."""
     payload = {"format": FORMAT, "rule": {"name": rule_name(rule), "config": rule.config()},
                "meta_params": {k: v.detach().cpu() for k, v in rule.state_dict().items()},
                "meta_step": int(meta_step), "config": json.dumps(config), **extra}
+    payload[HASH_KEY] = content_hash(payload)
     return atomic_save(payload, path)
 
 
@@ -68,7 +119,54 @@ def load_checkpoint(path: str | Path) -> dict:
     for key in ("rule", "meta_params", "meta_step", "config"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path} lacks the entry {key!r}")
+    _check_entries(ckpt, path)
+    if HASH_KEY in ckpt:  # absent: written before checkpoints carried a hash (legacy, unverified)
+        found = content_hash(ckpt)
+        if ckpt[HASH_KEY] != found:
+            raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the hash it was "
+                                  f"written with (sha256 {str(ckpt[HASH_KEY])[:16]}... recorded, {found[:16]}... "
+                                  f"now); the file was damaged after it was written")
     return ckpt
+
+
+def _check_entries(ckpt: dict, path: Path) -> None:
+    """Each entry has the type the loaders rely on; otherwise a CheckpointError naming it."""
+    def bad(key: str, expected: str) -> CheckpointError:
+        value = ckpt[key]
+        return CheckpointError(f"checkpoint {path}: entry {key!r} is a {type(value).__name__} "
+                               f"({str(value)[:60]!r}); expected {expected}")
+    rule = ckpt["rule"]
+    if not (isinstance(rule, dict) and isinstance(rule.get("name"), str) and isinstance(rule.get("config"), dict)):
+        raise bad("rule", "a mapping {name: str, config: mapping}")
+    params = ckpt["meta_params"]
+    if not (isinstance(params, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                             for k, v in params.items())):
+        raise bad("meta_params", "a mapping of names to tensors")
+    if isinstance(ckpt["meta_step"], bool) or not isinstance(ckpt["meta_step"], int) or ckpt["meta_step"] < 0:
+        raise bad("meta_step", "an integer >= 0")
+    try:
+        ok = isinstance(ckpt["config"], str) and isinstance(json.loads(ckpt["config"]), dict)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise bad("config", "the run's config as a JSON object")
+    if HASH_KEY in ckpt and not isinstance(ckpt[HASH_KEY], str):
+        raise bad(HASH_KEY, "a hex string")
+
+
+def check_resumable(ckpt: dict, path: str | Path) -> None:
+    """Raise unless ``ckpt`` holds a meta-training state to continue (not only meta-parameters)."""
+    missing = [k for k in TRAINING_STATE if k not in ckpt]
+    if "estimator" not in ckpt and "estimator_ranks" not in ckpt:
+        missing.append("estimator")
+    if missing:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: it holds the meta-parameters only (like a run's "
+                              f"best.pt), not the training state (it lacks {', '.join(missing)}). Resume from the "
+                              f"run's checkpoint.pt; load this file with learned_opt.load to use the optimizer")
+    for key, kind in (("meta_opt", dict), ("counters", dict), ("torch_rng", torch.Tensor)):
+        if not isinstance(ckpt[key], kind):
+            raise CheckpointError(f"checkpoint {path}: entry {key!r} is a {type(ckpt[key]).__name__}; "
+                                  f"expected a {kind.__name__}")
 
 
 def rule_from_checkpoint(ckpt: dict, path: str | Path = "<checkpoint>") -> nn.Module:

@@ -17,6 +17,15 @@ meta-optimizer state, the step, the config, every RNG state and the inner
 problems in flight, so ``resume=True`` continues exactly where the run stopped
 (bit-for-bit on CPU). Metrics go to ``metrics.jsonl`` and to W&B.
 
+Failure and recovery: the config is checked whole before anything is built or written
+(:mod:`~learned_opt.meta.config`); one process at a time holds the run directory
+(:class:`~learned_opt.runlock.RunLock`); SIGTERM or SIGINT stops the run at the end of the
+meta-step in flight, after a checkpoint (:class:`MetaTrainingInterrupted`; a second signal stops
+at once). A resume drops the metrics rows after the checkpoint's step before replaying them; a
+resume of a finished run changes nothing; a run killed before its first checkpoint restarts from
+meta-step 0 on ``resume=True`` (its ``config.json`` must match). A meta-update that would make a
+meta-parameter non-finite is undone and counted as a skipped step.
+
 Scaling options: ``meta.population`` (unroll that many tasks at once as one batched
 population), ``meta.checkpoint_segments`` (gradient checkpointing over segments of a
 truncation; bptt only, see :mod:`~learned_opt.meta.bptt`) and ``distributed`` (data-parallel
@@ -26,33 +35,52 @@ logs and writes the checkpoints).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
+import os
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..optimizers import make_learned_rule
-from ..runlog import RunLogger, check_wandb_config
+from ..runlock import RunLock
+from ..runlog import RunLogger, _jsonable, read_jsonl, truncate_jsonl
+from ..schema import ConfigError
 from ..tasks import make_family
 from ..unroll import unroll
-from ..utils import generator, resolve_device
-from .checkpoint import CheckpointError, load_checkpoint, rule_from_checkpoint, save_checkpoint
-from .inner import META_LOSSES
-from .distributed import (DistContext, all_gather_objects, all_reduce_estimate, broadcast_parameters,
-                          init_distributed, shutdown)
+from ..utils import atomic_write_text, generator, resolve_device
+from .checkpoint import CheckpointError, check_resumable, load_checkpoint, rule_from_checkpoint, save_checkpoint
+from .config import META_OPTIMIZERS, check_meta_train_config
+from .distributed import (DistContext, all_gather_objects, all_reduce_estimate, all_reduce_max,
+                          broadcast_parameters, init_distributed, shutdown)
 from .bptt import TruncatedBPTT
-from .es import TruncatedES, check_es_options
+from .es import TruncatedES
 from .pes import PES
 
 ESTIMATORS = {"bptt": TruncatedBPTT, "es": TruncatedES, "pes": PES}
-META_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+
 # Config entries that may differ between a checkpoint and the run that resumes it.
-RESUMABLE_CHANGES = ("meta.steps", "meta.checkpoint_segments", "checkpoint_every", "wandb", "progress", "device")
+RESUMABLE_CHANGES = ("meta.steps", "meta.checkpoint_segments", "checkpoint_every", "wandb", "progress", "device",
+                     "resume")
+SUMMARY_METRICS = ("meta_loss", "inner_loss", "val_loss")  # taken into summary.json from the last row
+
+
+class MetaTrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT stopped the run at a meta-step boundary, after a checkpoint was written."""
+
+    def __init__(self, signum: int, meta_step: int, checkpoint: Path):
+        self.signum, self.meta_step, self.checkpoint = signum, meta_step, checkpoint
+        super().__init__(f"{signal.Signals(signum).name} received: meta-training stopped after meta-step {meta_step}, "
+                         f"saved in {checkpoint}; continue it with resume=true "
+                         f"(python experiments/meta_train.py --resume {checkpoint.parent})")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -67,46 +95,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def check_config(cfg: dict) -> None:
-    """Every bad value raises here, before any work starts."""
-    meta = cfg["meta"]
-    for key in ("steps", "horizon", "truncation", "tasks_per_step"):
-        if not isinstance(meta.get(key), int) or meta[key] < 1:
-            raise ValueError(f"meta.{key}={meta.get(key)!r} must be an integer >= 1")
-    if meta["truncation"] > meta["horizon"]:
-        raise ValueError(f"meta.truncation={meta['truncation']} must be <= meta.horizon={meta['horizon']}")
-    population = meta.get("population", 1)
-    if isinstance(population, bool) or not isinstance(population, int) or population < 1 \
-            or meta["tasks_per_step"] % population:
-        raise ValueError(f"meta.population={population!r} must be an integer >= 1 that divides "
-                         f"meta.tasks_per_step={meta['tasks_per_step']} (tasks are unrolled in groups of that size)")
-    segments = meta.get("checkpoint_segments", 1)
-    if isinstance(segments, bool) or not isinstance(segments, int) or not 1 <= segments <= meta["truncation"]:
-        raise ValueError(f"meta.checkpoint_segments={segments!r} must be an integer in "
-                         f"[1, meta.truncation={meta['truncation']}] (1: no gradient checkpointing)")
-    estimator = meta.get("estimator", "bptt")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"meta.estimator={estimator!r} is not allowed; allowed: {', '.join(ESTIMATORS)}")
-    if estimator != "bptt":
-        block = cfg.get(estimator) or {}
-        check_es_options(block.get("std", 0.01), block.get("pairs", 4), estimator)
-    if meta.get("meta_loss", "mean") not in META_LOSSES:
-        raise ValueError(f"meta.meta_loss={meta.get('meta_loss')!r} is not allowed; allowed: {', '.join(META_LOSSES)}")
-    if not isinstance(meta.get("stagger", False), bool):
-        raise ValueError(f"meta.stagger={meta.get('stagger')!r} must be true or false")
-    if not isinstance(cfg.get("distributed", False), bool):
-        raise ValueError(f"distributed={cfg.get('distributed')!r} must be true or false")
-    if meta.get("optimizer", "adam") not in META_OPTIMIZERS:
-        raise ValueError(f"meta.optimizer={meta.get('optimizer')!r} is not allowed; "
-                         f"allowed: {', '.join(META_OPTIMIZERS)}")
-    if not meta.get("lr", 0) > 0:
-        raise ValueError(f"meta.lr={meta.get('lr')!r} must be > 0")
-    if meta.get("clip_grad_norm") is not None and not meta["clip_grad_norm"] > 0:
-        raise ValueError(f"meta.clip_grad_norm={meta['clip_grad_norm']!r} must be > 0 or null")
-    if cfg.get("checkpoint_every", 1) < 0:
-        raise ValueError(f"checkpoint_every={cfg['checkpoint_every']!r} must be >= 0 (0: only at the end)")
-    if (cfg.get("validation") or {}).get("metric", "mean_loss") not in ("mean_loss", "log_ratio"):
-        raise ValueError(f"validation.metric={cfg['validation']['metric']!r} is not allowed; allowed: mean_loss, log_ratio")
-    check_wandb_config(cfg.get("wandb"))
+    """Every bad value or unknown key raises here, before any work starts (see :mod:`.config`)."""
+    check_meta_train_config(cfg)
 
 
 def build_rule(cfg: dict, device: torch.device) -> nn.Module:
@@ -165,38 +155,134 @@ class _NoLogger:
         pass
 
 
-def meta_train(cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
+def meta_train(cfg: dict, run_dir: str | Path, resume: bool = False,
+               on_start: Callable[[], None] | None = None) -> dict:
     """Meta-train ``cfg["optimizer"]`` on ``cfg["family"]``; returns a summary dict.
 
     With ``cfg["distributed"]`` true, this is one worker of a ``torchrun`` job: it joins the
     process group (gloo on CPU, nccl on CUDA) and leaves it at the end. Only rank 0 writes
     to ``run_dir``; every worker returns the summary (with ``rank`` and ``world_size``).
+
+    Before any work: the config is checked, the run directory locked (rank 0) and, on resume,
+    the checkpoint read and compared with ``cfg``; then ``on_start()`` (if given) runs, e.g. to
+    record the accepted overrides. SIGTERM/SIGINT raise :class:`MetaTrainingInterrupted` after
+    a checkpoint at the next meta-step boundary.
     """
     check_config(cfg)
-    ctx = init_distributed(cfg.get("device", "cpu")) if cfg.get("distributed", False) else None
-    try:
-        return _meta_train(cfg, Path(run_dir), resume, ctx)
-    finally:
-        shutdown(ctx)
+    run_dir = Path(run_dir)
+    if resume and not run_dir.is_dir():
+        raise CheckpointError(f"resume=true but there is no checkpoint at {run_dir / 'checkpoint.pt'} "
+                              f"(no such run directory)")
+    distributed = cfg.get("distributed", False)
+    main = not distributed or int(os.environ.get("RANK", "0")) == 0
+    with RunLock(run_dir, "meta_train") if main else contextlib.nullcontext():
+        ckpt = _start_state(cfg, run_dir, resume, main)
+        if on_start is not None and main:
+            on_start()
+        ctx = init_distributed(cfg.get("device", "cpu")) if distributed else None
+        try:
+            return _meta_train(cfg, run_dir, ckpt, ctx)
+        finally:
+            shutdown(ctx)
 
 
-def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None) -> dict:
+def _start_state(cfg: dict, run_dir: Path, resume: bool, main: bool) -> dict | None:
+    """The checkpoint to continue from (None: start at meta-step 0), after every check; writes nothing."""
+    ckpt_path, started = run_dir / "checkpoint.pt", run_dir / "config.json"
+    if not resume:
+        if ckpt_path.exists():
+            raise CheckpointError(f"{ckpt_path} already exists: pass resume=true to continue it, "
+                                  f"or choose another run directory (nothing was overwritten)")
+        if main and (started.exists() or (run_dir / "metrics.jsonl").exists()):
+            raise CheckpointError(f"{run_dir} holds a run that stopped before its first checkpoint: "
+                                  f"pass resume=true to start it again from meta-step 0, or choose another run "
+                                  f"directory (nothing was overwritten)")
+        return None
+    if not ckpt_path.exists():
+        if not started.exists():
+            if main and (run_dir / "metrics.jsonl").exists():
+                raise CheckpointError(f"resume=true but there is no checkpoint at {ckpt_path} (and no record "
+                                      f"of the run's config to start it again)")
+            warnings.warn(f"resume=true, but nothing of a run was written in {run_dir} yet (it stopped while "
+                          f"starting): starting at meta-step 0", RuntimeWarning, stacklevel=3)
+            return None
+        try:
+            saved = json.loads(started.read_text())
+        except ValueError as e:
+            raise CheckpointError(f"{started} is damaged ({e}); there is no checkpoint to resume") from e
+        _check_same_run(saved, cfg, started)
+        return None  # stopped before its first checkpoint: start again
+    ckpt = load_checkpoint(ckpt_path)
+    check_resumable(ckpt, ckpt_path)
+    _check_same_run(json.loads(ckpt["config"]), cfg, ckpt_path)
+    return ckpt
+
+
+def _finished(run_dir: Path, ckpt: dict, main: bool) -> dict:
+    """The summary of a run already at (or past) ``meta.steps``; nothing that run wrote is rewritten."""
+    path = run_dir / "summary.json"
+    if path.exists():
+        try:
+            summary = json.loads(path.read_text())
+            if isinstance(summary, dict) and summary.get("meta_steps") == ckpt["meta_step"]:
+                return summary
+        except ValueError:
+            pass
+    last = json.loads(ckpt["last_metrics"]) if isinstance(ckpt.get("last_metrics"), str) else \
+        next((r for r in reversed(read_jsonl(run_dir / "metrics.jsonl")) if r.get("step") == ckpt["meta_step"]), {})
+    summary = _summary(run_dir, int(ckpt["meta_step"]), float(ckpt.get("seconds", 0.0)), dict(ckpt["counters"]),
+                       last)
+    if main:  # it was missing (stopped between the last checkpoint and the summary) or damaged
+        atomic_write_text(json.dumps(summary, indent=2), path)
+    return summary
+
+
+def _summary(run_dir: Path, steps: int, seconds: float, counters: dict, last: dict) -> dict:
+    return {"meta_steps": steps, "seconds": seconds, "checkpoint": str(run_dir / "checkpoint.pt"), **counters,
+            **({"best_checkpoint": str(run_dir / "best.pt")} if "best_val_loss" in counters else {}),
+            **{k: v for k, v in _jsonable(last).items() if k in SUMMARY_METRICS}}
+
+
+class _StopSignals:
+    """While active (main thread only): SIGTERM and SIGINT set ``signum`` instead of stopping the
+    process; a second one raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now, without a checkpoint")
+        self.signum = signum
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def _meta_train(cfg: dict, run_dir: Path, ckpt: dict | None, ctx: DistContext | None) -> dict:
     ckpt_path = run_dir / "checkpoint.pt"
     device = ctx.device if ctx is not None else resolve_device(cfg.get("device", "cpu"))
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
     main = rank == 0
     meta = cfg["meta"]
+    if ckpt is not None and int(ckpt["meta_step"]) >= meta["steps"]:
+        summary = _finished(run_dir, ckpt, main)
+        return {**summary, **({"rank": rank, "world_size": world} if ctx is not None else {})}
     family_cfg = dict(cfg["family"])
     family = make_family(family_cfg.pop("name"), device=device, **family_cfg)
     rule = build_rule(cfg, device)
     meta_opt = META_OPTIMIZERS[meta.get("optimizer", "adam")](rule.parameters(), lr=meta["lr"])
     estimator = build_estimator(cfg, family, device, rank)
-    start, counters, elapsed_before = 0, {"diverged_truncations": 0, "skipped_steps": 0}, 0.0
-    if resume:
-        if not ckpt_path.exists():
-            raise CheckpointError(f"resume=true but there is no checkpoint at {ckpt_path}")
-        ckpt = load_checkpoint(ckpt_path)
-        _check_same_run(json.loads(ckpt["config"]), cfg, ckpt_path)
+    start, counters, elapsed_before, last = 0, {"diverged_truncations": 0, "skipped_steps": 0}, 0.0, {}
+    if ckpt is not None:
         if int(ckpt.get("world_size", 1)) != world:
             raise CheckpointError(f"checkpoint {ckpt_path} was written by {ckpt.get('world_size', 1)} workers; "
                                   f"resume it with the same number (now {world})")
@@ -206,9 +292,13 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
         torch.set_rng_state(ckpt["torch_rng"])
         start, counters = int(ckpt["meta_step"]), dict(ckpt["counters"])
         elapsed_before = float(ckpt.get("seconds", 0.0))
-    elif ckpt_path.exists():
-        raise CheckpointError(f"{ckpt_path} already exists: pass resume=true to continue it, "
-                              f"or choose another run directory (nothing was overwritten)")
+        if isinstance(ckpt.get("last_metrics"), str):
+            last = json.loads(ckpt["last_metrics"])
+    if main:
+        # the rows after the checkpoint are replayed below: drop them (and any damaged line) first
+        truncate_jsonl(run_dir / "metrics.jsonl", start)
+        if ckpt is None:
+            atomic_write_text(json.dumps(cfg, indent=1), run_dir / "config.json")
 
     if ctx is not None:
         broadcast_parameters(rule)  # equal already (same seed or checkpoint); this makes sure
@@ -221,7 +311,7 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
         if main:
             save_checkpoint(ckpt_path, rule, step, cfg, meta_opt=meta_opt.state_dict(),
                             estimator=estimator.state_dict(), torch_rng=torch.get_rng_state(),
-                            counters=counters, seconds=seconds, **extra)
+                            counters=counters, seconds=seconds, last_metrics=json.dumps(_jsonable(last)), **extra)
 
     logger = RunLogger(run_dir, cfg.get("wandb"), name=f"meta_train-{cfg['optimizer']['name']}",
                        group="meta_train", tags=[cfg["optimizer"]["name"]], config=cfg,
@@ -231,8 +321,9 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
                disable=not (main and cfg.get("progress", True)))
     t0 = time.perf_counter() - elapsed_before
     val_every = int((cfg.get("validation") or {}).get("every", 0))
-    last = {}
+    stop = _StopSignals()
     try:
+        stop.install()
         for step in bar:
             meta_opt.zero_grad(set_to_none=True)
             est = estimator.estimate(rule)
@@ -248,8 +339,11 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
                     p.grad = g
                 clip = meta.get("clip_grad_norm")
                 norm = torch.nn.utils.clip_grad_norm_(rule.parameters(), clip if clip else float("inf"))
-                meta_opt.step()
-                row.update(meta_loss=est.meta_loss, inner_loss=est.inner_loss, grad_norm=float(norm))
+                if _finite_step(meta_opt, [p for p in rule.parameters() if p.requires_grad]):
+                    row.update(meta_loss=est.meta_loss, inner_loss=est.inner_loss, grad_norm=float(norm))
+                else:
+                    counters["skipped_steps"] += 1
+                    row["nonfinite_update"] = True
             row["skipped_steps"] = counters["skipped_steps"]
             if hasattr(rule, "current_hparams"):  # learned Adam / SGD: their hyperparameters as they move
                 row.update({f"hparam_{k}": v for k, v in rule.current_hparams().items()})
@@ -264,20 +358,27 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
             logger.log(row, step=step + 1)
             last = row
             bar.set_postfix({k: f"{row[k]:.4g}" for k in ("meta_loss", "val_loss") if k in row})
-            if cfg.get("checkpoint_every") and (step + 1) % cfg["checkpoint_every"] == 0:
+            saved = bool(cfg.get("checkpoint_every")) and (step + 1) % cfg["checkpoint_every"] == 0
+            if saved:
                 checkpoint(step + 1, row["seconds"])
+            signum = stop.signum or 0
+            if ctx is not None:  # every worker stops at the same meta-step
+                signum = all_reduce_max(signum, device)
+            if signum and step + 1 < meta["steps"]:
+                if not saved:
+                    checkpoint(step + 1, row["seconds"])
+                raise MetaTrainingInterrupted(signum, step + 1, ckpt_path)
         seconds = time.perf_counter() - t0
         checkpoint(meta["steps"], seconds)
     finally:
+        stop.restore()
         bar.close()
         logger.finish()
-    summary = {"meta_steps": meta["steps"], "seconds": seconds, "checkpoint": str(ckpt_path), **counters,
-               **({"best_checkpoint": str(run_dir / "best.pt")} if "best_val_loss" in counters else {}),
-               **{k: v for k, v in last.items() if k in ("meta_loss", "inner_loss", "val_loss")}}
+    summary = _summary(run_dir, meta["steps"], seconds, counters, last)
     if ctx is not None:
         summary.update(rank=rank, world_size=world)
     if main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
         done = meta["steps"] - start
         if done and counters["skipped_steps"] >= done:
             warnings.warn(f"every meta-step of this run was skipped ({counters['diverged_truncations']} diverged "
@@ -287,11 +388,26 @@ def _meta_train(cfg: dict, run_dir: Path, resume: bool, ctx: DistContext | None)
     return summary
 
 
+def _finite_step(meta_opt: torch.optim.Optimizer, meta_params: list[torch.Tensor]) -> bool:
+    """``meta_opt.step()``, undone (parameters and optimizer state) if a meta-parameter would turn non-finite."""
+    before = [p.detach().clone() for p in meta_params]
+    state = copy.deepcopy(meta_opt.state_dict())
+    meta_opt.step()
+    if not meta_params or bool(torch.stack([torch.isfinite(p).all() for p in meta_params]).all()):  # one sync
+        return True
+    with torch.no_grad():
+        for p, b in zip(meta_params, before):
+            p.copy_(b)
+    meta_opt.load_state_dict(state)
+    return False
+
+
 # Keys added after checkpoints were first written, with the value that older runs implicitly had.
 ADDED_KEYS = {"distributed": False, "meta.population": 1, "meta.checkpoint_segments": 1,
               "meta.estimator": "bptt", "meta.stagger": False, "es.std": 0.01, "es.pairs": 4,
               "pes.std": 0.01, "pes.pairs": 4,
-              "optimizer.step_scale": "none", "optimizer.input_scale": "none", "optimizer.output_norm": True}
+              "optimizer.step_scale": "none", "optimizer.input_scale": "none", "optimizer.output_norm": True,
+              "validation.metric": "mean_loss"}
 
 
 def _check_same_run(saved: dict, cfg: dict, path: Path) -> None:

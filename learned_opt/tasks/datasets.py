@@ -384,6 +384,14 @@ def make_dataset(name: str = "digits", root: str | os.PathLike | None = None,
                   tuple(sorted(options.items())))
 
 
+def check_available(name: str, root: str | os.PathLike | None = None) -> None:
+    """Raise (``ValueError`` for an unknown name, ``FileNotFoundError`` naming the files looked for)
+    unless dataset ``name`` can be loaded here; cheap: the files are found, not read."""
+    choose("dataset", name, DATASETS)
+    if name in IDX_SETS:
+        _find_idx_files(name, data_root(root))
+
+
 def clear_cache() -> None:
     """Forget the datasets cached by :func:`make_dataset` (frees their memory once unreferenced)."""
     _build.cache_clear()

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .base import (Batch, Params, Task, TaskFamily, check_float_dtype, check_positive_int, check_range,
                    choose, randint, uniform)
-from .datasets import DATASETS, Dataset
+from .datasets import Dataset, check_available
 from .supervised import ClassificationTask
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -136,8 +136,8 @@ class MLPFamily(TaskFamily):
         self.widths = self._nonempty("widths", widths)
         self.depths = self._nonempty("depths", depths)
         self.activations = self._nonempty("activations", activations)
-        for name in self.datasets:
-            choose("dataset", name, DATASETS)
+        for name in self.datasets:  # every dataset the family may draw is there now, not at a later draw
+            check_available(name, root)
         for i, width in enumerate(self.widths):
             check_positive_int(f"widths[{i}]", width)
         for i, depth in enumerate(self.depths):
