@@ -373,7 +373,8 @@ def test_unknown_name_lists_allowed_names():
     ("learned_adam", {"lr": 0.0}, "lr"),
     ("learned_adam", {"betas": (0.9, 1.0)}, "betas"),
     ("learned_adam", {"eps": 0.0}, "eps"),
-    ("learned_sgd", {"momentum": 0.0}, "momentum"),
+    ("learned_sgd", {"momentum": 1.0}, "momentum"),
+    ("learned_sgd", {"momentum": -0.5}, "momentum"),
     ("learned_sgd", {"steps": 0}, "steps"),
 ])
 def test_bad_constructor_values_name_the_argument(name, kwargs, field):

@@ -385,7 +385,8 @@ def test_registry_builds_every_task_and_family():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: make_task("foo"), r"unknown task 'foo'; allowed: quadratic, mlp, logreg, conv, rosenbrock"),
+    (lambda: make_task("foo"), r"unknown task 'foo'; allowed: quadratic, noisy_quadratic, mlp, logreg, conv, "
+                               r"rosenbrock, .*regression, autoencoder"),
     (lambda: make_family("foo"), r"unknown task family 'foo'; allowed: quadratic_family, mlp_family"),
     (lambda: MLPTask(activation="swish"), r"unknown activation 'swish'; allowed: sigmoid, relu, tanh, gelu"),
     (lambda: MLPTask("cifar"), r"unknown dataset 'cifar'; allowed: digits, mnist5k, mnist1d, mnist, fashion_mnist"),
