@@ -49,3 +49,22 @@ def test_median_iqr_matches_numpy_and_handles_divergence():
 def test_wins_losses_paired_by_seed():
     assert M.wins_losses([1, 2, 3, 4], [2, 2, 1, 5]) == (2, 1, 1)
     assert M.fmt_median_iqr([1.0, math.inf, math.inf]) == "diverged"
+
+
+def test_across_tasks_against_a_hand_computation():
+    auc = {"a": {"adam@tuned": 2.0, "adam@default": 4.0, "x": 1.0, "y": 3.0},
+           "b": {"adam@tuned": 1.0, "adam@default": 1.0, "x": 1.5, "y": math.inf},
+           "c": {"adam@tuned": 0.5, "adam@default": 2.0, "x": 0.25}}          # y missing: left out
+    div = {"a": {"x": 0}, "b": {"x": 0, "y": 5}, "c": {"x": 1}}
+    out = M.across_tasks(auc, div, "adam@tuned", "adam@default")
+    assert set(out) == {"adam@tuned", "adam@default", "x"}
+    x = out["x"]
+    assert x["geomean_vs_reference"] == pytest.approx((0.5 * 1.5 * 0.5) ** (1 / 3))
+    assert x["worst_task"] == "b" and x["worst_vs_reference"] == pytest.approx(1.5)
+    assert x["geomean_vs_baseline"] == pytest.approx((0.25 * 1.5 * 0.125) ** (1 / 3))
+    assert x["diverged"] == 1 and x["tasks"] == 3
+    assert out["adam@tuned"]["geomean_vs_reference"] == pytest.approx(1.0)
+    auc["c"]["y"] = 0.5
+    assert math.isinf(M.across_tasks(auc, div, "adam@tuned")["y"]["geomean_vs_reference"])  # a diverged task
+    assert M.across_tasks(auc, div, "adam@tuned")["y"]["worst_task"] == "b"
+    assert math.isnan(M.geometric_mean([1.0, -1.0])) and math.isnan(M.geometric_mean([]))

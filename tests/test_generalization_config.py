@@ -87,4 +87,7 @@ def test_generalization_suite_tiny_end_to_end(tmp_path):
     for row in rows + (["celo_general"] if "celo_general" in CONFIG["optimizers"] else []):
         assert row in md, row
     assert summary["summary"]["seconds"] > 0 and set(summary["summary"]["tasks"]) == set(keep)
+    across = summary["summary"]["across_tasks"]
+    assert "### Across tasks" in md and across["adam@tuned"]["geomean_vs_reference"] == 1.0
+    assert across["adam@default"]["geomean_vs_baseline"] == 1.0 and across["mlp_lopt"]["tasks"] == len(keep)
     assert Path(run_dir / "scores.png").stat().st_size > 10_000

@@ -43,6 +43,7 @@ from .suite import (TUNING_METHODS, TUNING_OBJECTIVES, OptimizerSpec, budget, pa
 from .tables import markdown_table
 
 REFERENCE = "adam@tuned"  # the normalising reference, learned_optimization style
+BASELINE = "adam@default"  # the second reference of the across-tasks table (what a new user runs)
 CSV_COLUMNS = ["optimizer", "variant", "task", "seed", "step", "train_loss", "test_loss", "test_accuracy"]
 
 
@@ -251,6 +252,9 @@ def summarise(cells: dict, cols: list, suite: dict, cfg: dict) -> dict:
                            "diverged": sum(bool(c["diverged"]) for c in cs), "hparams": cs[0].get("hparams", {})}
         ranking = sorted(rows, key=lambda e: (rows[e]["stats"]["auc"]["median"], e))
         out["tasks"][task] = {"target_loss": target, "reference_auc": ref_auc, "rows": rows, "ranking": ranking}
+    medians = {t: {e: r["stats"]["auc"]["median"] for e, r in res["rows"].items()} for t, res in out["tasks"].items()}
+    diverged = {t: {e: r["diverged"] for e, r in res["rows"].items()} for t, res in out["tasks"].items()}
+    out["across_tasks"] = M.across_tasks(medians, diverged, REFERENCE, BASELINE)
     return out
 
 
@@ -276,6 +280,18 @@ def summary_markdown(summary: dict, suite: dict, cols: list, tuned: dict, cfg: d
         lines.append(markdown_table(["optimizer", "final train loss", "test loss", "test accuracy",
                                      "mean train loss (AUC)", "steps to target", "score vs tuned Adam",
                                      "W/T/L vs Adam", "diverged", "hyperparameters"], rows))
+    if summary.get("across_tasks"):
+        lines.append(f"### Across tasks\n\nscore = median mean training loss / that of {REFERENCE} on each task; "
+                     f"geometric mean over the {len(summary['tasks'])} tasks, the worst task, and the geometric "
+                     f"mean against {BASELINE} (< 1 is better); diverged = runs (task x seed) that diverged.\n")
+        acr = summary["across_tasks"]
+        order = sorted(acr, key=lambda e: (acr[e]["geomean_vs_reference"], e))
+        lines.append(markdown_table(
+            ["optimizer", f"geo. mean score vs {REFERENCE}", "worst task", f"geo. mean vs {BASELINE}", "diverged"],
+            [[e, f"{acr[e]['geomean_vs_reference']:.3g}",
+              f"{acr[e]['worst_task']} ({acr[e]['worst_vs_reference']:.3g})",
+              f"{acr[e]['geomean_vs_baseline']:.3g}" if "geomean_vs_baseline" in acr[e] else "-",
+              acr[e]["diverged"]] for e in order]))
     lines.append("### Ranking by mean training loss (1 = best)\n")
     names = [e for e, _, _ in cols]
     rank_rows = []

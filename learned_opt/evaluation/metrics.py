@@ -52,6 +52,43 @@ def normalized_score(value: float, reference: float) -> float:
     return value / reference
 
 
+def geometric_mean(values: Sequence[float]) -> float:
+    """Geometric mean of positive values; inf if any is inf (a diverged task), nan if any is nan or <= 0."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0 or np.isnan(v).any() or (v <= 0).any():
+        return math.nan
+    if np.isinf(v).any():
+        return math.inf
+    return float(np.exp(np.log(v).mean()))
+
+
+def across_tasks(auc: dict[str, dict[str, float]], diverged: dict[str, dict[str, int]], reference: str,
+                 baseline: str | None = None) -> dict[str, dict]:
+    """One line per optimizer summarising a whole suite (how Celo2 and VeLO report generalisation).
+
+    ``auc[task][optimizer]`` is the median over seeds of the mean training loss, ``diverged[task][optimizer]``
+    the number of diverged seeds. For every optimizer present on every task: the geometric mean over tasks
+    of its ratio to ``reference`` (< 1 is better), its worst task and that ratio, the geometric mean of its
+    ratio to ``baseline`` (e.g. Adam at its default lr) and the total number of diverged runs.
+    """
+    tasks = [t for t in auc if reference in auc[t]]
+    names = sorted({o for t in tasks for o in auc[t]})
+    out = {}
+    for name in names:
+        if not all(name in auc[t] for t in tasks):
+            continue
+        ratios = {t: normalized_score(auc[t][name], auc[t][reference]) for t in tasks}
+        worst = max(tasks, key=lambda t: (ratios[t] if not math.isnan(ratios[t]) else math.inf))
+        line = {"geomean_vs_reference": geometric_mean(list(ratios.values())), "worst_task": worst,
+                "worst_vs_reference": ratios[worst], "ratios": ratios,
+                "diverged": int(sum(diverged[t].get(name, 0) for t in tasks)), "tasks": len(tasks)}
+        if baseline is not None and all(baseline in auc[t] for t in tasks):
+            line["geomean_vs_baseline"] = geometric_mean([normalized_score(auc[t][name], auc[t][baseline])
+                                                          for t in tasks])
+        out[name] = line
+    return out
+
+
 def median_iqr(values: Sequence[float]) -> tuple[float, float, float]:
     """(median, 25th percentile, 75th percentile); infinities (diverged seeds) take part as large values."""
     v = np.asarray(values, dtype=float)
