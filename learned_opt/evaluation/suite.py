@@ -118,7 +118,8 @@ def parse_optimizers(cfg: dict, tuning: dict | None = None) -> list[OptimizerSpe
             if not isinstance(entry["checkpoint"], str):
                 raise ConfigError(f"optimizers.{label}.checkpoint={entry['checkpoint']!r} is not allowed; "
                                   f"allowed: a file path")
-            path = Path(entry["checkpoint"])
+            from ..meta.checkpoint import resolve_pretrained
+            path = resolve_pretrained(entry["checkpoint"])  # a file, or a shipped optimizer's short name ("celo")
             if not path.is_file():
                 raise FileNotFoundError(f"optimizers.{label}.checkpoint: no such file {path}")
             from ..meta.checkpoint import load_checkpoint

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Ablations of the general-purpose learned optimizer (configs/family/general.yaml, optimizer=celo): each
+# variant changes one thing in the shipped command and meta-trains for the same number of meta-steps
+# (STEPS, default 300) from the same seed; then one evaluation puts every variant's best.pt on the
+# generalization suite (configs/generalization.yaml), reusing the baselines' cells from BASE if given.
+#
+#   LEARNED_OPT_DATA=/path/to/data bash experiments/generalization_ablations.sh [OUT=runs/ablations] [BASE=runs/generalization/<run>]
+set -euo pipefail
+OUT=${1:-runs/ablations}
+BASE=${2:-}
+STEPS=${STEPS:-300}
+COMMON="optimizer=celo family=general meta.estimator=pes meta.stagger=true meta.tasks_per_step=4 meta.truncation=25
+  family.horizon_min=100 family.horizon_max=1000 meta.horizon=1000 meta.meta_loss=log_ratio meta.lr=0.002
+  meta.clip_grad_norm=null pes.pairs=2 pes.std=0.01 validation.every=50 validation.tasks=6 validation.steps=300
+  validation.metric=log_ratio checkpoint_every=10 progress=false meta.steps=$STEPS"
+declare -A VARIANTS=(
+  [main]=""
+  [no_output_norm]="optimizer.output_norm=false"
+  [no_augmentation]="family.augment=false"
+  [narrow_tasks]="family.datasets=[digits] family.architectures=[mlp] family.activations=[relu] family.widths=[32,32] family.depths=[1,1] family.batch_sizes=[128,128]"
+  [truncated_es]="meta.estimator=es es.pairs=2 es.std=0.01"
+)
+EVAL=()
+for name in main no_output_norm no_augmentation narrow_tasks truncated_es; do
+  dir=$OUT/$name
+  if [ -f "$dir/summary.json" ]; then echo "$name: done"; 
+  elif [ -f "$dir/checkpoint.pt" ]; then python experiments/meta_train.py --resume "$dir";
+  else python experiments/meta_train.py $COMMON ${VARIANTS[$name]} hydra.run.dir="$dir"; fi
+  EVAL+=("+optimizers.celo_$name.checkpoint=$dir/best.pt")
+done
+mkdir -p "$OUT/evaluation"
+if [ -n "$BASE" ] && [ ! -f "$OUT/evaluation/config.json" ]; then cp -rn "$BASE/cells" "$BASE/tuning" "$OUT/evaluation/"; fi
+python experiments/evaluate.py --config-name generalization progress=false hydra.run.dir="$OUT/evaluation" "${EVAL[@]}" \
+  $( [ -f "$OUT/evaluation/config.json" ] && echo resume=true )

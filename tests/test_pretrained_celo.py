@@ -1,0 +1,68 @@
+"""The shipped general-purpose learned optimizer (pretrained/celo_general.pt): found by its short names,
+usable through the torch.optim adapter, and better than Adam at its default lr on a task it never saw."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+import baselines as B
+import learned_opt
+from learned_opt.meta.checkpoint import resolve_pretrained
+from learned_opt.optimizers.normalized import NormalizedMLPOptimizer
+from learned_opt.tasks import make_task
+from learned_opt.unroll import unroll
+
+SHIPPED = resolve_pretrained("celo")
+
+
+def test_short_names_find_the_shipped_file():
+    assert SHIPPED.name == "celo_general.pt" and SHIPPED.is_file()
+    a, b = learned_opt.load("celo"), learned_opt.load(str(SHIPPED))
+    assert isinstance(a, NormalizedMLPOptimizer)
+    assert learned_opt.load("general").state_dict().keys() == a.state_dict().keys()
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
+
+
+def mean_loss(rule, task, steps: int, seed: int) -> float:
+    g = torch.Generator().manual_seed(seed)
+    params = task.init_params(g)
+    with torch.no_grad():
+        state = rule.init(params, horizon=steps) if getattr(rule, "uses_horizon", False) else rule.init(params)
+        res = unroll(task, rule, params, state, steps, g)
+    assert not res.diverged
+    return float(res.losses.mean())
+
+
+def test_beats_adam_at_its_default_lr_on_an_unseen_wider_mlp():
+    """Width 256 is outside the meta-training family (widths 16-128); Adam's default lr is the reference."""
+    task = make_task("mlp", dataset="digits", hidden_sizes=[256], activation="relu", batch_size=128)
+    celo = mean_loss(learned_opt.load("celo"), task, 200, seed=7)
+    adam = mean_loss(B.Adam(lr=1e-3), task, 200, seed=7)
+    assert celo < 0.8 * adam, (celo, adam)
+
+
+def test_trains_an_nn_module_through_the_adapter():
+    """A regression net (MSE, GELU: nothing the family has) trained by the adapter, against torch.optim.Adam."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 10)
+    y = x[:, :3].sum(1, keepdim=True).sin()
+    init = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.GELU(), torch.nn.Linear(32, 1))
+    finals = {}
+    for name in ("celo", "adam"):
+        model = copy.deepcopy(init)
+        opt = (B.RuleOptimizer(model.parameters(), learned_opt.load("celo")) if name == "celo"
+               else torch.optim.Adam(model.parameters(), lr=1e-3))
+        losses = []
+        for _ in range(300):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        finals[name] = losses[-1]
+        assert all(map(math.isfinite, losses)) and losses[-1] < 0.5 * losses[0], name
+    assert finals["celo"] < finals["adam"], finals
