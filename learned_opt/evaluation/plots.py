@@ -1,6 +1,8 @@
 """Figures shared by the experiments and the evaluation: loss curves with seed bands, bar charts."""
 from __future__ import annotations
 
+import json
+
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -79,12 +81,18 @@ def plot_meta_loss(run_dir: str | Path) -> Path | None:
     ax.set_ylabel("meta-loss (as configured)")
     val = [r for r in rows if isinstance(r.get("val_loss"), (int, float))]
     if val:
+        try:
+            metric = (json.loads((run_dir / "config.json").read_text()).get("validation") or {}).get("metric")
+        except (OSError, ValueError, AttributeError):
+            metric = None
+        what = ("mean log(loss / first loss)" if metric == "log_ratio" else "mean training loss")
         ax2 = ax.twinx()
         ax2.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color="C3",
-                 label="held-out tasks: mean training loss over a horizon")
-        ax2.set_ylabel("held-out mean training loss", color="C3")
+                 label=f"held-out tasks: {what} over a horizon")
+        ax2.set_ylabel(f"held-out {what}", color="C3")
     handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
-    ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.14),
+              fontsize=8, ncol=1, frameon=False)
     ax.set_title(f"Meta-training ({run_dir.name})")
     ax.grid(True, alpha=0.3)
     return save_figure(fig, run_dir / "meta_loss.png")
