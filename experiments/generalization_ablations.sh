@@ -2,7 +2,8 @@
 # Ablations of the general-purpose learned optimizer (configs/family/general.yaml, optimizer=celo): each
 # variant changes one thing in the shipped command and meta-trains for the same number of meta-steps
 # (STEPS, default 300) from the same seed; then one evaluation puts every variant's best.pt on the
-# generalization suite (configs/generalization.yaml), reusing the baselines' cells from BASE if given.
+# generalization suite (configs/generalization.yaml) beside the hand-crafted baselines (the shipped learned
+# optimizers left out), reusing the baselines' cells from BASE if given.
 #
 #   LEARNED_OPT_DATA=/path/to/data bash experiments/generalization_ablations.sh [OUT=runs/ablations] [BASE=runs/generalization/<run>]
 set -euo pipefail
@@ -19,9 +20,11 @@ declare -A VARIANTS=(
   [no_augmentation]="family.augment=false"
   [narrow_tasks]="family.datasets=[digits] family.architectures=[mlp] family.activations=[relu] family.widths=[32,32] family.depths=[1,1] family.batch_sizes=[128,128]"
   [truncated_es]="meta.estimator=es es.pairs=2 es.std=0.01"
+  [truncated_bptt]="meta.estimator=bptt"
+  [one_meta_step]="meta.steps=1 validation.every=1"   # about the untrained rule (a normalised Adam step)
 )
 EVAL=()
-for name in main no_output_norm no_augmentation narrow_tasks truncated_es; do
+for name in main no_output_norm no_augmentation narrow_tasks truncated_es truncated_bptt one_meta_step; do
   dir=$OUT/$name
   if [ -f "$dir/summary.json" ]; then echo "$name: done"; 
   elif [ -f "$dir/checkpoint.pt" ]; then python experiments/meta_train.py --resume "$dir";
@@ -30,5 +33,7 @@ for name in main no_output_norm no_augmentation narrow_tasks truncated_es; do
 done
 mkdir -p "$OUT/evaluation"
 if [ -n "$BASE" ] && [ ! -f "$OUT/evaluation/config.json" ]; then cp -rn "$BASE/cells" "$BASE/tuning" "$OUT/evaluation/"; fi
+SHIPPED=(celo_general mlp_lopt mlp_lopt_invariant lstm lstm_paper learned_adam lstm_quadratic mlp_quadratic)
 python experiments/evaluate.py --config-name generalization progress=false hydra.run.dir="$OUT/evaluation" "${EVAL[@]}" \
+  "${SHIPPED[@]/#/\~optimizers.}" \
   $( [ -f "$OUT/evaluation/config.json" ] && echo resume=true )
