@@ -96,6 +96,29 @@ def test_magnitude_scales_each_tensor_by_a_factor_in_0_2():
     assert max(factors) - min(factors) > 0.05  # per tensor, not global
 
 
+def test_magnitude_log_range_gives_the_exp_tanh_factor_per_tensor():
+    """With magnitude_log_range=r each tensor's step is the plain one times exp(r * tanh(mean head output)),
+    checked against the head output computed independently from the rule's own MLP."""
+    r = 2.0
+    plain, wide = rule_(magnitude=False), rule_(magnitude=True, magnitude_log_range=r)
+    with torch.no_grad():
+        wide.layers[-1].weight.normal_(generator=torch.Generator().manual_seed(4))
+        wide.layers[-1].bias.fill_(3.0)  # a large head output: the factor nears exp(r)
+        plain.load_state_dict(wide.state_dict())
+    params, grads = tree(0), tree(1)
+    a, _ = plain.update(grads, plain.init(params), params)
+    b, state = wide.update(grads, wide.init(params), params)
+    for k in params:
+        feats = wide.features(grads[k], params[k], [state[m][k] for m in wide.momentum_keys],
+                              [state[v][k] for v in wide.rms_keys]).reshape(-1, wide.num_features)
+        x = torch.cat([feats, wide.time_features(0, None, feats).expand(feats.shape[0], -1)], dim=-1)
+        expected = math.exp(r * math.tanh(float(wide.mlp(x)[:, 1].mean().detach())))
+        ratio = ((b[k] - params[k]) / (a[k] - params[k])).reshape(-1)
+        torch.testing.assert_close(ratio, torch.full_like(ratio, expected))
+        assert 2 < expected < math.exp(r)  # beyond what the (0, 2) form can reach
+    assert wide.config()["magnitude_log_range"] == r and plain.config()["magnitude_log_range"] is None
+
+
 @pytest.mark.parametrize("bias_rule", ["mlp", "adam"])
 def test_step_does_not_depend_on_the_gradients_scale(bias_rule):
     """Features and output are normalised: scaling every gradient by c leaves the steps alone, up to
@@ -313,6 +336,7 @@ def test_checkpoint_round_trip_rebuilds_the_rule(tmp_path):
     ({"rms_decays": [1.0]}, "rms_decays"), ({"step_timescales": [0]}, "step_timescales"),
     ({"step_mult": 0.0}, "step_mult"), ({"lr": -1.0}, "lr"), ({"weight_decay": -0.1}, "weight_decay"),
     ({"bias_rule": "sgd"}, "bias_rule"), ({"magnitude": "yes"}, "magnitude"), ({"learn_scale": 1}, "learn_scale"),
+    ({"magnitude_log_range": 0.0}, "magnitude_log_range"),
 ])
 def test_bad_constructor_values_name_the_argument(kwargs, field):
     with pytest.raises(ValueError, match=field):

@@ -14,7 +14,8 @@ this one; ``H`` = the horizon given to :meth:`NormalizedMLPOptimizer.init`, if a
     d     = skip . x + MLP(x)[0]                                (direction, per coordinate)
     u     = d / sqrt(mean_over_tensor(d^2) + eps)               (unit RMS over the tensor; u = d with
                                                                  output_norm=False, the ablation)
-    s     = 2 * sigmoid(mean_over_tensor(MLP(x)[1]))            (only with magnitude=True; else 1)
+    s     = 2 * sigmoid(mean_over_tensor(MLP(x)[1]))            (only with magnitude=True; else 1;
+                                                                 exp(r * tanh(.)) with magnitude_log_range=r)
     w    <- w * (1 - step_mult * lr * weight_decay) - step_mult * lr * exp(log_scale) * s * u
 
 So with ``magnitude=False`` the root mean square of every tensor's step is exactly
@@ -110,6 +111,9 @@ class NormalizedMLPOptimizer(nn.Module):
         lr: plain output multiplier (1.0); the one hyperparameter exposed to
             :class:`baselines.adapter.RuleOptimizer` (torch lr schedulers scale the steps with it).
         magnitude: learn a per-tensor step size ``2 * sigmoid(mean(MLP output 2))`` in (0, 2).
+        magnitude_log_range: with ``magnitude``, widen that step size to
+            ``exp(magnitude_log_range * tanh(mean(MLP output 2)))`` in ``(1/R, R)``, ``R = exp(range)``
+            (``None``: the (0, 2) form). Both start at 1.
         output_norm: normalise each tensor's direction to unit RMS (True); False keeps the MLP's raw
             direction (an ablation: the step's size is then whatever the MLP outputs).
         learn_scale: ``log_scale`` (and ``log_bias_scale``) are meta-parameters; else fixed at 0.
@@ -130,7 +134,7 @@ class NormalizedMLPOptimizer(nn.Module):
     def __init__(self, hidden_sizes: Sequence[int] = (8, 8), decays: Sequence[float] = DECAYS,
                  rms_decays: Sequence[float] = RMS_DECAYS, step_timescales: Sequence[float] = TIMESCALES,
                  step_mult: float = 1e-3, lr: float = 1.0, magnitude: bool = True, learn_scale: bool = True,
-                 output_norm: bool = True,
+                 output_norm: bool = True, magnitude_log_range: float | None = None,
                  weight_decay: float = 0.0, bias_rule: str = "mlp"):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
@@ -145,6 +149,10 @@ class NormalizedMLPOptimizer(nn.Module):
         check_range("step_mult", step_mult, 0.0, low_inclusive=False)
         check_range("lr", lr, 0.0)
         check_range("weight_decay", weight_decay, 0.0)
+        if magnitude_log_range is not None:
+            check_range("magnitude_log_range", magnitude_log_range, 0.0, low_inclusive=False)
+            magnitude_log_range = float(magnitude_log_range)
+        self.magnitude_log_range = magnitude_log_range
         for field, flag in (("magnitude", magnitude), ("learn_scale", learn_scale), ("output_norm", output_norm)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{field}={flag!r} must be true or false")
@@ -184,6 +192,7 @@ class NormalizedMLPOptimizer(nn.Module):
         return {"hidden_sizes": list(self.hidden_sizes), "decays": list(self.decays),
                 "rms_decays": list(self.rms_decays), "step_timescales": list(self.step_timescales),
                 "step_mult": self.step_mult, "lr": self.lr, "magnitude": self.magnitude, "output_norm": self.output_norm,
+                "magnitude_log_range": self.magnitude_log_range,
                 "learn_scale": self.learn_scale, "weight_decay": self.weight_decay, "bias_rule": self.bias_rule}
 
     def numeric_hparams(self) -> bool:
@@ -292,7 +301,8 @@ class NormalizedMLPOptimizer(nn.Module):
                 u = second_moment_normalize(direction, dims, EPS) if self.output_norm else direction
                 if self.magnitude:
                     mean_mag = mag.mean(dim=dims, keepdim=True) if dims else mag
-                    u = u * (2 * torch.sigmoid(mean_mag))
+                    u = u * (2 * torch.sigmoid(mean_mag) if self.magnitude_log_range is None
+                             else torch.exp(self.magnitude_log_range * torch.tanh(mean_mag)))
                 steps[k] = scale * u
         small = [k for k in names if k not in steps]
         if small:
