@@ -13,7 +13,15 @@ import yaml
 from learned_opt.evaluation.evaluate import check_config
 from test_experiments import ROOT, run_experiment
 
-CONFIG = yaml.safe_load((ROOT / "configs" / "generalization.yaml").read_text())
+def composed(name: str) -> dict:
+    """The config as the entry point sees it (its `defaults:` applied)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return OmegaConf.to_container(compose(config_name=name), resolve=True)
+
+
+CONFIG = composed("generalization")
 FAMILY = yaml.safe_load((ROOT / "configs" / "family" / "general.yaml").read_text())
 
 
@@ -37,7 +45,7 @@ def outside_family(spec: dict) -> list[str]:
 
 
 def test_generalization_config_validates_before_any_work():
-    cfg = {k: v for k, v in CONFIG.items() if k not in ("hydra", "resume")}
+    cfg = {k: v for k, v in CONFIG.items() if k != "resume"}
     cfg["suite"] = {k: v for k, v in cfg["suite"].items() if not v.get("requires_files")}  # no data root here
     specs, suite = check_config(cfg, torch.device("cpu"))
     assert len(CONFIG["suite"]) >= 8 and len(suite) == len(cfg["suite"])
