@@ -18,7 +18,8 @@ from torch import nn
 
 from .hyper import LearnedAdam, LearnedSGD
 from .lstm import LSTMOptimizer, preprocess_gradient
-from .mlp import MLPOptimizer, reduce_dims, second_moment_normalize
+from .features import reduce_dims, second_moment_normalize
+from .mlp import MLPOptimizer
 from .normalized import NormalizedMLPOptimizer
 
 __all__ = ["LEARNED_RULES", "make_learned_rule", "LSTMOptimizer", "MLPOptimizer", "LearnedAdam",

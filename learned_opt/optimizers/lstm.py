@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
 from .batched import linear
-from .mlp import check_scale, coordinate_grad_rms
+from .features import check_scale, coordinate_grad_rms
 
 __all__ = ["LSTMOptimizer", "preprocess_gradient"]
 

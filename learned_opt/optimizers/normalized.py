@@ -64,7 +64,9 @@ from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
 from .batched import linear
-from .mlp import reduce_dims, second_moment_normalize
+from .features import momentum_key as _momentum_key
+from .features import reduce_dims, second_moment_normalize
+from .features import rms_key as _rms_key
 
 __all__ = ["NormalizedMLPOptimizer", "BIAS_RULES"]
 
@@ -78,14 +80,6 @@ EPS = 1e-20                 # in every normalisation: RMS values down to ~1e-10 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8   # the bias path's Adam
 INIT_OUT_SCALE = 0.01       # the MLP's last layer starts this much smaller than torch's default
 NUM_TIME_HORIZON = 2        # fraction-of-horizon features: [min(t / H, 1), 1] (zeros without H)
-
-
-def _momentum_key(decay: float) -> str:
-    return f"momentum_{decay:g}"
-
-
-def _rms_key(decay: float) -> str:
-    return f"rms_{decay:g}"
 
 
 def _decay_list(field: str, values: Sequence[float], key, allow_empty: bool) -> list[float]:
