@@ -17,7 +17,7 @@ returned params and state are the last ones whose loss was finite (those of
 ``losses[-1]``; the initial ones if the first loss was bad). NaN is never
 propagated into the returned params.
 
-Populations (:class:`learned_opt.population.PopulationTask`): a task whose loss is a
+Populations (:class:`learned_opt.tasks.population.PopulationTask`): a task whose loss is a
 vector, one loss per independent member. The gradient is that of ``loss.sum()``
 (each member gets exactly its own gradient), ``result.losses`` has shape
 ``(steps, N)``, the reference loss is per member (a float or an ``(N,)`` tensor may

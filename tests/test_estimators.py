@@ -19,7 +19,7 @@ from learned_opt.meta import ESTIMATORS, PES, TruncatedBPTT, TruncatedES, meta_t
 from learned_opt.meta.checkpoint import load_checkpoint
 from learned_opt.optimizers import LearnedSGD, make_learned_rule
 from learned_opt.optimizers.batched import MemberRule, meta_vector, unflatten_meta
-from learned_opt.population import PopulationTask
+from learned_opt.tasks.population import PopulationTask
 from learned_opt.tasks import make_family
 from learned_opt.unroll import unroll
 

@@ -16,7 +16,7 @@ import torch
 import baselines as B
 from learned_opt.evaluation import evaluate as E
 from learned_opt.evaluation import suite as S
-from learned_opt.population import PopulationTask
+from learned_opt.tasks.population import PopulationTask
 from learned_opt.tasks import (TASKS, AutoencoderTask, ConvTask, GeneralFamily, MLPTask, ReparamTask,
                                TeacherRegressionTask, log_uniform_scales, make_dataset, make_family, make_task)
 from learned_opt.tasks.datasets import area_resize

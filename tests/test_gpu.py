@@ -13,7 +13,7 @@ import baselines as B
 import learned_opt
 from learned_opt.meta import TruncatedBPTT, meta_train
 from learned_opt.optimizers import LSTMOptimizer, MLPOptimizer
-from learned_opt.population import PopulationTask
+from learned_opt.tasks.population import PopulationTask
 from learned_opt.tasks import make_family, make_task
 from learned_opt.unroll import unroll
 

@@ -9,7 +9,7 @@ import torch
 import baselines as B
 from learned_opt.meta import TruncatedBPTT, meta_train
 from learned_opt.optimizers import LearnedAdam, LSTMOptimizer, MLPOptimizer
-from learned_opt.population import PopulationTask, population_rule, stack_trees, unstack_tree
+from learned_opt.tasks.population import PopulationTask, population_rule, stack_trees, unstack_tree
 from learned_opt.tasks import make_family, make_task
 from learned_opt.unroll import unroll
 

@@ -29,7 +29,7 @@ import torch
 import baselines as B
 from learned_opt.meta.bptt import TruncatedBPTT
 from learned_opt.optimizers import make_learned_rule
-from learned_opt.population import PopulationTask
+from learned_opt.tasks.population import PopulationTask
 from learned_opt.tasks import MLPFamily, make_task
 from learned_opt.unroll import unroll
 

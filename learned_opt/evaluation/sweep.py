@@ -15,7 +15,7 @@ import torch
 
 from baselines import make_rule
 
-from ..population import PopulationTask
+from ..tasks.population import PopulationTask
 from ..tasks.base import Task
 from ..unroll import unroll
 from ..utils import generator

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ..population import population_rule, stack_trees, unstack_tree
+from ..tasks.population import population_rule, stack_trees, unstack_tree
 from ..tasks.base import Task, TaskFamily
 from ..unroll import UnrollResult, unroll
 from .inner import Estimate, InnerProblems, detach_tree, finish_estimate

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..population import stack_trees, unstack_tree
+from ..tasks.population import stack_trees, unstack_tree
 from ..tasks.base import TaskFamily
 from ..unroll import UnrollResult, unroll
 from ..optimizers.batched import MemberRule, meta_vector, unflatten_meta

@@ -24,7 +24,7 @@ second stream for an estimator's random perturbations, likewise keyed by the glo
 Populations (``population=P > 1``): the slots form groups of ``P`` consecutive slots whose
 tasks share parameter shapes (a member whose sampled task has other shapes than the group's
 first member is redrawn from its stream), unrolled at once as one batched
-:class:`~learned_opt.population.PopulationTask`. Groups start and reset together.
+:class:`~learned_opt.tasks.population.PopulationTask`. Groups start and reset together.
 
 ``stagger=True`` shortens each slot's *first* horizon by a random whole number of
 truncations (drawn from the slot's stream), so that the slots reset at different times
@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..population import PopulationTask
+from ..tasks.population import PopulationTask
 from ..tasks.base import Task, TaskFamily
 
 __all__ = ["InnerProblems", "Slot", "Estimate", "META_LOSSES", "detach_tree", "tree_to", "shapes"]

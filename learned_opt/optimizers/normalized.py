@@ -47,7 +47,7 @@ Sign convention as in :mod:`.mlp`: ``new = w - step``, a positive direction move
 gradient-like features.
 
 Batched populations: every per-tensor reduction skips ``population_dim`` when it is set (see
-:func:`learned_opt.population.population_rule`). Batched meta-parameters: ``update`` has no
+:func:`learned_opt.tasks.population.population_rule`). Batched meta-parameters: ``update`` has no
 host syncs, no data-dependent control flow and no in-place ops, so it runs under
 ``torch.func.vmap`` over stacked meta-parameters given through ``torch.func.functional_call``
 (with or without stacked inner params and state; the int step and horizon stay outside).

@@ -14,7 +14,7 @@ at the usual scales is penalised during meta-training. :func:`log_uniform_scales
 log-uniformly in ``[low, high]`` (``1e-3 .. 1e3`` by default) from a generator.
 
 Batches are the wrapped task's. Populations of augmented tasks batch through the wrapped tasks'
-own fast path (:class:`learned_opt.population.PopulationTask`, mode ``"reparam"``).
+own fast path (:class:`learned_opt.tasks.population.PopulationTask`, mode ``"reparam"``).
 """
 from __future__ import annotations
 

@@ -53,13 +53,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .tasks.augment import ReparamTask
-from .tasks.base import Batch, Params, Task, check_split, randint
-from .tasks.conv import ConvTask
-from .tasks.mlp import ACTIVATIONS, MLPTask
-from .tasks.noisy_quadratic import NoisyQuadraticTask
-from .tasks.quadratic import QuadraticTask
-from .tasks.regression import MSETask
+from .augment import ReparamTask
+from .base import Batch, Params, Task, check_split, randint
+from .conv import ConvTask
+from .mlp import ACTIVATIONS, MLPTask
+from .noisy_quadratic import NoisyQuadraticTask
+from .quadratic import QuadraticTask
+from .regression import MSETask
 
 __all__ = ["PopulationTask", "population_rule", "stack_trees", "unstack_tree", "MODES"]
 
