@@ -467,3 +467,15 @@ def test_lstm_with_grad_rms_input_and_step_is_scale_equivariant_and_without_is_n
         assert not torch.allclose(b, 10 * a, rtol=1e-3)
     with pytest.raises(ValueError, match="input_scale"):
         LSTMOptimizer(input_scale="adam")
+
+
+def test_every_registered_rule_is_a_learned_rule_with_the_shared_bookkeeping():
+    from learned_opt.optimizers import LearnedRule
+    for name, cls in LEARNED_RULES.items():
+        rule = cls()
+        assert isinstance(rule, LearnedRule) and rule.hparam_names == ("lr",) and rule.numeric_hparams() is False
+        rebuilt = cls(**rule.config())
+        assert rebuilt.config() == rule.config(), name
+    assert "hidden_size=20" in repr(LSTMOptimizer())  # repr from config
+    with pytest.raises(NotImplementedError):
+        LearnedRule().config()

@@ -7,31 +7,32 @@ differentiable, so the same rule runs in a differentiable unroll (meta-training)
     rule = make_learned_rule("lstm", hidden_size=20)
     rule = LEARNED_RULES[name](**rule.config())      # rebuild (then ``load_state_dict``)
 
-Each rule has ``hparam_names = ("lr",)`` (``lr``: a plain float output multiplier, 1.0),
-``config()`` (its JSON-able constructor arguments) and ``numeric_hparams() -> False``.
+Each rule subclasses :class:`LearnedRule` (``optimizers/rule.py``): ``hparam_names = ("lr",)``
+(``lr``: a plain float output multiplier, 1.0), ``config()`` (its JSON-able constructor arguments)
+and ``numeric_hparams() -> False``. Shared feature helpers live in ``optimizers/features.py``.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
 
+from .features import reduce_dims, second_moment_normalize
 from .hyper import LearnedAdam, LearnedSGD
 from .lstm import LSTMOptimizer, preprocess_gradient
-from .features import reduce_dims, second_moment_normalize
 from .mlp import MLPOptimizer
 from .normalized import NormalizedMLPOptimizer
+from .rule import LearnedRule
 
-__all__ = ["LEARNED_RULES", "make_learned_rule", "LSTMOptimizer", "MLPOptimizer", "LearnedAdam",
+__all__ = ["LEARNED_RULES", "make_learned_rule", "LearnedRule", "LSTMOptimizer", "MLPOptimizer", "LearnedAdam",
            "LearnedSGD", "NormalizedMLPOptimizer", "preprocess_gradient", "reduce_dims", "second_moment_normalize"]
 
-LEARNED_RULES: dict[str, type[nn.Module]] = {
+LEARNED_RULES: dict[str, type[LearnedRule]] = {
     "lstm": LSTMOptimizer, "mlp": MLPOptimizer, "learned_adam": LearnedAdam, "learned_sgd": LearnedSGD,
     "celo": NormalizedMLPOptimizer,
 }
 
 
-def make_learned_rule(name: str, **kwargs: Any) -> nn.Module:
+def make_learned_rule(name: str, **kwargs: Any) -> LearnedRule:
     """Build a learned rule by its config name, e.g. ``make_learned_rule("mlp", hidden_sizes=[32, 32])``."""
     if name not in LEARNED_RULES:
         raise ValueError(f"unknown learned optimizer {name!r}; allowed: {', '.join(LEARNED_RULES)}")

@@ -32,6 +32,8 @@ from torch import nn
 from baselines.base import Params, State, check_range
 from baselines.rules import SGD, Adam
 
+from .rule import LearnedRule
+
 __all__ = ["LearnedAdam", "LearnedSGD"]
 
 
@@ -43,13 +45,12 @@ def _check_open_unit(name: str, value: Any) -> None:
     check_range(name, value, 0.0, 1.0, low_inclusive=False)
 
 
-class LearnedAdam(nn.Module):
+class LearnedAdam(LearnedRule):
     """Adam with meta-learned ``log_lr``, ``logit_beta1``, ``logit_beta2`` and ``log_eps``.
 
     Args (initial values): ``lr > 0``, ``betas`` each in (0, 1), ``eps > 0``.
     """
 
-    hparam_names = ("lr",)
 
     def __init__(self, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8):
         super().__init__()
@@ -67,11 +68,8 @@ class LearnedAdam(nn.Module):
         self.lr = 1.0  # output multiplier, not the learned lr (see the module docstring)
 
     def config(self) -> dict[str, Any]:
-        """Constructor arguments (JSON-able): ``type(self)(**self.config())`` rebuilds the rule."""
         return {"lr": self._config["lr"], "betas": list(self._config["betas"]), "eps": self._config["eps"]}
 
-    def numeric_hparams(self) -> bool:
-        return False  # hyperparameters are tensors: the adapter calls the pure ``update``
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v:.4g}" for k, v in self.current_hparams().items())
@@ -95,7 +93,7 @@ class LearnedAdam(nn.Module):
         return self.rule().update(grads, state, params)
 
 
-class LearnedSGD(nn.Module):
+class LearnedSGD(LearnedRule):
     """SGD with momentum, a meta-learned per-step schedule ``log_lrs`` and ``logit_momentum``.
 
     Args (initial values): ``lr > 0`` (every entry of the schedule), ``momentum`` in (0, 1), or
@@ -103,7 +101,6 @@ class LearnedSGD(nn.Module):
     the learned schedule (a positive integer; the meta-training horizon; 1: one constant lr).
     """
 
-    hparam_names = ("lr",)
 
     def __init__(self, lr: float = 0.1, momentum: float = 0.9, steps: int = 100):
         super().__init__()
@@ -122,11 +119,8 @@ class LearnedSGD(nn.Module):
         self.lr = 1.0  # output multiplier, not the learned lr (see the module docstring)
 
     def config(self) -> dict[str, Any]:
-        """Constructor arguments (JSON-able): ``type(self)(**self.config())`` rebuilds the rule."""
         return dict(self._config)
 
-    def numeric_hparams(self) -> bool:
-        return False  # hyperparameters are tensors: the adapter calls the pure ``update``
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v:.4g}" for k, v in self.current_hparams().items())

@@ -48,8 +48,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
+
 from .batched import linear
 from .features import check_scale, coordinate_grad_rms
+from .rule import LearnedRule
 
 __all__ = ["LSTMOptimizer", "preprocess_gradient"]
 
@@ -90,7 +92,7 @@ def _lstm_cell(x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell, dtype: torch.
     return h, c
 
 
-class LSTMOptimizer(nn.Module):
+class LSTMOptimizer(LearnedRule):
     """Two-layer coordinatewise LSTM optimizer; see the module docstring for the formulas.
 
     Args:
@@ -109,7 +111,6 @@ class LSTMOptimizer(nn.Module):
     zero bias, so the initial steps are small). Initialisation draws from torch's global RNG.
     """
 
-    hparam_names = ("lr",)
     population_dim: int | None = None  # with step_scale="grad_rms": a leading population dim to skip
     member_batched = False             # True while run with one meta-parameter set per member (batched.MemberRule)
 
@@ -136,16 +137,11 @@ class LSTMOptimizer(nn.Module):
 
     # ------------------------------------------------------------------ bookkeeping
     def config(self) -> dict[str, Any]:
-        """Constructor arguments (JSON-able): ``type(self)(**self.config())`` rebuilds the rule."""
         return {"hidden_size": self.hidden_size, "preprocess_p": self.preprocess_p,
                 "output_scale": self.output_scale, "lr": self.lr, "step_scale": self.step_scale,
                 "input_scale": self.input_scale}
 
-    def numeric_hparams(self) -> bool:
-        return False  # no in-place fast path: the adapter always calls the pure ``update``
 
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
 
     # ------------------------------------------------------------------ the rule
     def init(self, params: Params) -> State:

@@ -53,12 +53,13 @@ from baselines.base import Params, State, check_keys, check_range
 from .batched import linear
 from .features import check_scale, coordinate_grad_rms, grad_rms, reduce_dims, second_moment_normalize
 from .features import momentum_key as _momentum_key
+from .rule import LearnedRule
 
 __all__ = ["MLPOptimizer"]
 
 DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
-class MLPOptimizer(nn.Module):
+class MLPOptimizer(LearnedRule):
     """Per-parameter MLP learned optimizer; see the module docstring for the formulas.
 
     Args:
@@ -75,7 +76,6 @@ class MLPOptimizer(nn.Module):
     initialisation drawn from torch's global RNG.
     """
 
-    hparam_names = ("lr",)
     population_dim: int | None = None  # set to skip a leading population dim in the normalisation
     member_batched = False             # True while run with one meta-parameter set per member (batched.MemberRule)
 
@@ -112,16 +112,11 @@ class MLPOptimizer(nn.Module):
 
     # ------------------------------------------------------------------ bookkeeping
     def config(self) -> dict[str, Any]:
-        """Constructor arguments (JSON-able): ``type(self)(**self.config())`` rebuilds the rule."""
         return {"hidden_sizes": list(self.hidden_sizes), "decays": list(self.decays),
                 "step_timescales": list(self.step_timescales), "exp_mult": self.exp_mult,
                 "step_mult": self.step_mult, "lr": self.lr, "step_scale": self.step_scale}
 
-    def numeric_hparams(self) -> bool:
-        return False  # no in-place fast path: the adapter always calls the pure ``update``
 
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
 
     @property
     def momentum_keys(self) -> list[str]:

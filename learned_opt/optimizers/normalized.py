@@ -63,10 +63,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
+
 from .batched import linear
 from .features import momentum_key as _momentum_key
 from .features import reduce_dims, second_moment_normalize
 from .features import rms_key as _rms_key
+from .rule import LearnedRule
 
 __all__ = ["NormalizedMLPOptimizer", "BIAS_RULES"]
 
@@ -93,7 +95,7 @@ def _decay_list(field: str, values: Sequence[float], key, allow_empty: bool) -> 
     return values
 
 
-class NormalizedMLPOptimizer(nn.Module):
+class NormalizedMLPOptimizer(LearnedRule):
     """Per-parameter MLP learned optimizer with per-tensor normalised steps; see the module docstring.
 
     Args:
@@ -120,7 +122,6 @@ class NormalizedMLPOptimizer(nn.Module):
     ``learn_scale``, ``log_scale`` (and ``log_bias_scale`` with ``bias_rule="adam"``).
     """
 
-    hparam_names = ("lr",)
     population_dim: int | None = None  # set to skip a leading population dim in every reduction
     uses_horizon = True                # init(params, horizon=...) gives fraction-of-horizon features
     member_batched = False             # True while run with one meta-parameter set per member (batched.MemberRule)
@@ -182,18 +183,13 @@ class NormalizedMLPOptimizer(nn.Module):
 
     # ------------------------------------------------------------------ bookkeeping
     def config(self) -> dict[str, Any]:
-        """Constructor arguments (JSON-able): ``type(self)(**self.config())`` rebuilds the rule."""
         return {"hidden_sizes": list(self.hidden_sizes), "decays": list(self.decays),
                 "rms_decays": list(self.rms_decays), "step_timescales": list(self.step_timescales),
                 "step_mult": self.step_mult, "lr": self.lr, "magnitude": self.magnitude, "output_norm": self.output_norm,
                 "magnitude_log_range": self.magnitude_log_range,
                 "learn_scale": self.learn_scale, "weight_decay": self.weight_decay, "bias_rule": self.bias_rule}
 
-    def numeric_hparams(self) -> bool:
-        return False  # no in-place fast path: the adapter always calls the pure ``update``
 
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
 
     @property
     def momentum_keys(self) -> list[str]:
