@@ -67,3 +67,22 @@ def test_full_mnist_logistic_regression_with_adam_reaches_90_percent():
         res = unroll(task, rule, params, rule.init(params), 1000, g)
     metrics = task.metrics(res.params, "test")
     assert metrics["accuracy"] > 0.90, metrics
+
+
+@pytest.mark.skipif(not (DATA / "fashion-mnist").is_dir(), reason=f"Fashion-MNIST idx files not in {DATA}")
+def test_shipped_celo_beats_default_adam_on_unseen_fashion_mnist_conv_nets():
+    """The generalization suite's fashion_conv task (28x28 images, unseen by the meta-training family): the
+    shipped general-purpose optimizer, told the step budget, has a lower mean loss than Adam at lr 1e-3."""
+    task = make_task("conv", dataset="fashion_mnist", root=DATA, channels=[8, 16], batch_size=32)
+    celo, adam, steps = learned_opt.load("celo"), B.Adam(lr=1e-3), 200
+    losses = {"celo": [], "adam": []}
+    for seed in (100, 101, 102):
+        for name, rule in (("celo", celo), ("adam", adam)):
+            g = generator(seed)
+            params = task.init_params(g)
+            state = rule.init(params, horizon=steps) if name == "celo" else rule.init(params)
+            with torch.no_grad():
+                res = unroll(task, rule, params, state, steps, g)
+            assert not res.diverged, name
+            losses[name].append(float(res.losses.mean()))
+    assert sum(losses["celo"]) < sum(losses["adam"]), losses
