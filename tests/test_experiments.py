@@ -173,3 +173,24 @@ def test_hydra_multirun_sweep_runs_every_grid_point(tmp_path):
 def load_config_of(run: Path) -> str:
     import torch
     return torch.load(run / "checkpoint.pt", weights_only=True)["config"]
+
+
+def test_validate_scores_agree_with_the_meta_trainers_validation(tmp_path):
+    """validate.py on the meta-trainer's own validation seeds reproduces its validation loss (computed
+    in-process by learned_opt.meta.trainer.validation_loss), for a shipped optimizer found by short name."""
+    import torch
+
+    import learned_opt
+    from learned_opt.meta.trainer import validation_loss
+    from learned_opt.tasks import make_family
+    run_dir = run_experiment("validate.py", tmp_path, "family=digits_mlp", "tasks=2", "steps=15",
+                             "first_seed=10000000", "metric=mean_loss", "checkpoints=[mlp_l2l_mnist]")
+    scores = json.loads((run_dir / "results.json").read_text())["scores"]["mlp_l2l_mnist"]
+    import yaml
+    family_cfg = yaml.safe_load((ROOT / "configs" / "family" / "digits_mlp.yaml").read_text())
+    family = make_family(family_cfg.pop("name"), **family_cfg)
+    expected = validation_loss(learned_opt.load("mlp_l2l_mnist"), family,
+                               {"validation": {"tasks": 2, "steps": 15, "metric": "mean_loss"}, "meta": {"horizon": 15}},
+                               torch.device("cpu"))
+    assert len(scores) == 2 and sum(scores) / 2 == pytest.approx(expected, rel=1e-6)
+    assert "| mlp_l2l_mnist |" in (run_dir / "table.md").read_text()

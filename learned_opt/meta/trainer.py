@@ -121,15 +121,18 @@ def build_estimator(cfg: dict, family, device: torch.device, rank: int = 0):
     return ESTIMATORS[name](family, std=block.get("std", 0.01), pairs=block.get("pairs", 4), **kw)
 
 
-def validation_loss(rule: nn.Module, family, cfg: dict, device: torch.device) -> float:
-    """Mean training loss over ``validation.steps`` on fixed held-out tasks (no meta-gradient); with
-    ``validation.metric=log_ratio``, the mean of log(loss / first loss) instead (tasks weigh alike)."""
-    val = cfg.get("validation") or {}
-    n, steps = int(val.get("tasks", 0)), int(val.get("steps", cfg["meta"]["horizon"]))
-    metric = val.get("metric", "mean_loss")
-    losses = []
-    for i in range(n):
-        seed = 10_000_000 + i  # held out: training task seeds are drawn from the run's generator
+VALIDATION_SEED = 10_000_000  # held out: training task seeds are drawn from the run's generator
+
+
+def held_out_scores(rule: nn.Module, family, tasks: int, steps: int, metric: str, device: torch.device,
+                    first_seed: int = VALIDATION_SEED) -> list[float]:
+    """One score per held-out task ``family.sample(seed)``, ``seed = first_seed + i`` for ``i < tasks``, each
+    run for ``steps`` steps without a meta-gradient (a horizon-aware rule is told ``steps``): its mean training
+    loss, or with ``metric="log_ratio"`` the mean of log(loss / first loss) (tasks weigh alike); inf if the
+    task diverged."""
+    scores = []
+    for i in range(tasks):
+        seed = first_seed + i
         task = family.sample(torch.Generator().manual_seed(seed))
         g = generator(seed, device)
         params = task.init_params(g)
@@ -137,12 +140,21 @@ def validation_loss(rule: nn.Module, family, cfg: dict, device: torch.device) ->
             state = rule.init(params, horizon=steps) if getattr(rule, "uses_horizon", False) else rule.init(params)
             res = unroll(task, rule, params, state, steps, g)
         if res.diverged:
-            losses.append(math.inf)
-        elif metric == "log_ratio":  # every task weighs alike: mean log of the loss relative to the first
-            losses.append(float((res.losses.clamp_min(1e-30).log() - res.losses[0].clamp_min(1e-30).log()).mean()))
+            scores.append(math.inf)
+        elif metric == "log_ratio":
+            scores.append(float((res.losses.clamp_min(1e-30).log() - res.losses[0].clamp_min(1e-30).log()).mean()))
         else:
-            losses.append(float(res.losses.mean()))
-    return sum(losses) / n if n else float("nan")
+            scores.append(float(res.losses.mean()))
+    return scores
+
+
+def validation_loss(rule: nn.Module, family, cfg: dict, device: torch.device) -> float:
+    """Mean of :func:`held_out_scores` over ``validation.tasks`` fixed held-out tasks, ``validation.steps``
+    steps each, ``validation.metric`` (``mean_loss`` or ``log_ratio``)."""
+    val = cfg.get("validation") or {}
+    n, steps = int(val.get("tasks", 0)), int(val.get("steps", cfg["meta"]["horizon"]))
+    scores = held_out_scores(rule, family, n, steps, val.get("metric", "mean_loss"), device)
+    return sum(scores) / n if n else float("nan")
 
 
 class _NoLogger:

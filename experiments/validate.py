@@ -1,0 +1,69 @@
+"""Score learned optimizers on held-out tasks of a meta-training family: the in-distribution check that
+complements the generalization suite (configs/generalization.yaml), e.g. to choose between two runs.
+
+    python experiments/validate.py
+    python experiments/validate.py 'checkpoints=[celo,runs/meta_train/<run>/best.pt]'
+
+Writes ``table.md`` (mean, median and worst score per optimizer; lower is better), ``results.json`` (the
+per-task scores) and an offline W&B run to the run directory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+import learned_opt
+from learned_opt.evaluation.tables import markdown_table
+from learned_opt.meta.checkpoint import CheckpointError
+from learned_opt.meta.trainer import held_out_scores
+from learned_opt.runlog import RunLogger, check_wandb_config
+from learned_opt.tasks import make_family
+from learned_opt.utils import atomic_write_text, check_int, resolve_device
+
+
+@hydra.main(config_path="../configs", config_name="validate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    c = OmegaConf.to_container(cfg, resolve=True)
+    device = resolve_device(c["device"])
+    check_int("tasks", c["tasks"]), check_int("steps", c["steps"]), check_int("first_seed", c["first_seed"], 0)
+    if c["metric"] not in ("log_ratio", "mean_loss"):
+        raise ValueError(f"metric={c['metric']!r} is not allowed; allowed: log_ratio, mean_loss")
+    check_wandb_config(c["wandb"])
+    family_cfg = dict(c["family"])
+    family = make_family(family_cfg.pop("name"), **family_cfg)
+    if not c["checkpoints"]:
+        raise ValueError("checkpoints is empty: name at least one learned optimizer")
+    try:
+        rules = {str(path): learned_opt.load(path, device) for path in c["checkpoints"]}
+    except CheckpointError as e:
+        sys.exit(f"validate.py: error: {e}")
+
+    results, rows = {}, []
+    for label, rule in rules.items():
+        scores = held_out_scores(rule, family, c["tasks"], c["steps"], c["metric"], device, c["first_seed"])
+        results[label] = scores
+        finite = [s for s in scores if math.isfinite(s)]
+        rows.append([label, float(np.mean(scores)), float(np.median(scores)), max(scores),
+                     len(scores) - len(finite)])
+        print(f"{label}: mean {rows[-1][1]:.4g}", flush=True)
+    header = (f"{c['tasks']} held-out tasks of `{c['family']['name']}` (seeds {c['first_seed']} + i), {c['steps']} "
+              f"steps each; score = {c['metric']} (lower is better).\n\n")
+    table = markdown_table(["optimizer", "mean score", "median score", "worst task", "diverged"], rows)
+    atomic_write_text(header + table, run_dir / "table.md")
+    atomic_write_text(json.dumps({"config": c, "scores": results}, indent=1), run_dir / "results.json")
+    logger = RunLogger(run_dir, c["wandb"], name="validate", group="validate", config=c, job_type="validate")
+    logger.table("summary", ["optimizer", "mean", "median", "worst", "diverged"], rows)
+    logger.finish()
+    print(header + table)
+
+
+if __name__ == "__main__":
+    main()
