@@ -149,9 +149,7 @@ def main(cfg: DictConfig) -> None:
         curves, rows, per_task = {}, [], {}
         for opt in config["optimizers"]:
             cells = load_cells(run_dir, f"{opt}@tuned", task, seeds)
-            raw = np.full((len(seeds), steps), np.nan)
-            for i, c in enumerate(cells):
-                raw[i, :len(c["train_loss"])] = c["train_loss"]
+            raw = M.padded([c["train_loss"] for c in cells], steps)
             lr = tuning[(opt, task)]["best"].get("lr", math.nan)
             curves[f"{labels[opt]} (lr={lr:.2g})"] = np.stack([smooth(r, fig_cfg["smooth"]) for r in raw])
             with np.errstate(all="ignore"):

@@ -252,11 +252,7 @@ def plot_comparison(runs: dict, steps: int, schedules: dict, cycle_ends: list[in
     eval_steps = [e["step"] for e in next(iter(runs.values()))["cells"][0]["evals"]]
     accs = {}
     for r in runs.values():
-        arr = np.full((len(r["cells"]), len(eval_steps)), np.nan)
-        for i, c in enumerate(r["cells"]):
-            acc = [e["test_accuracy"] for e in c["evals"]]
-            arr[i, :len(acc)] = acc
-        accs[r["label"]] = arr
+        accs[r["label"]] = M.padded([[e["test_accuracy"] for e in c["evals"]] for c in r["cells"]], len(eval_steps))
     plot_curves(accs, None, ax=ax_acc, x=eval_steps, band=band, logy=False, title="Test accuracy",
                 xlabel="step (updates)", ylabel="test accuracy (fraction correct)")
     target = cfg["targets"]["test_accuracy"]

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from baselines import CosineWarmRestarts, ReduceOnPlateau, SnapshotCollector, make_rule
 from baselines.base import Params, resolve
+from learned_opt.evaluation.metrics import padded
 from learned_opt.evaluation.plots import plot_curves, save_figure
 from learned_opt.evaluation.suite import validation_task
 from learned_opt.evaluation.tables import markdown_table, mean_std
@@ -166,10 +167,7 @@ def plot_validation(runs: dict, epochs: int, spe: int, sgdr_sched: CosineWarmRes
     ax, ax_lr = fig.add_subplot(gs[0]), fig.add_subplot(gs[1])
     curves = {}
     for key in (FIXED, PLATEAU, SGDR):
-        arr = np.full((len(runs[key]), epochs + 1), np.nan)
-        for i, r in enumerate(runs[key]):
-            arr[i, :len(r["val_loss"])] = r["val_loss"]
-        curves[LABELS[key].replace(" (last iterate)", "")] = arr
+        curves[LABELS[key].replace(" (last iterate)", "")] = padded([r["val_loss"] for r in runs[key]], epochs + 1)
     plot_curves(curves, None, ax=ax, x=np.arange(epochs + 1), band=cfg["figure"]["band"], logy=True,
                 title="Validation loss (validation split carved out of the training split)",
                 xlabel="epoch", ylabel="validation loss (cross-entropy)")

@@ -68,3 +68,11 @@ def test_across_tasks_against_a_hand_computation():
     assert math.isinf(M.across_tasks(auc, div, "adam@tuned")["y"]["geomean_vs_reference"])  # a diverged task
     assert M.across_tasks(auc, div, "adam@tuned")["y"]["worst_task"] == "b"
     assert math.isnan(M.geometric_mean([1.0, -1.0])) and math.isnan(M.geometric_mean([]))
+
+
+def test_padded_fills_nan_after_each_curve_and_cuts_long_ones():
+    out = M.padded([[1.0, 2.0, 3.0], [4.0], [5.0, 6.0, 7.0, 8.0]], 3)
+    np.testing.assert_array_equal(out[0], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(out[1], [4.0, np.nan, np.nan])
+    np.testing.assert_array_equal(out[2], [5.0, 6.0, 7.0])
+    assert M.padded([], 4).shape == (0, 4)

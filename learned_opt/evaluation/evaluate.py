@@ -334,10 +334,7 @@ def make_figures(cells: dict, cols: list, suite: dict, summary: dict, run_dir: P
         for entry, _, _ in cols:
             cs = cells.get((entry, task), [])
             if cs:
-                arr = np.full((len(cs), steps), np.nan)
-                for i, c in enumerate(cs):
-                    arr[i, :len(c["train_loss"])] = c["train_loss"]
-                curves[entry] = arr
+                curves[entry] = M.padded([c["train_loss"] for c in cs], steps)
         figs.append(plot_curves(curves, run_dir / f"curves_{task}.png",
                                 title=f"{task}: training loss (median, IQR band over {len(cfg['seeds'])} seeds)",
                                 xlabel="step (updates)", ylabel="training loss (minibatch)"))
@@ -419,9 +416,7 @@ def log_wandb(cells: dict, cols: list, suite: dict, summary: dict, md: str, figu
             if not cs:
                 continue
             row = summary["tasks"][task]["rows"][entry]
-            arr = np.full((len(cs), steps), np.nan)
-            for i, c in enumerate(cs):
-                arr[i, :len(c["train_loss"])] = c["train_loss"]
+            arr = M.padded([c["train_loss"] for c in cs], steps)
             with RunLogger(run_dir / "wandb_runs", wcfg, name=f"{entry}/{task}", group=task,
                            tags=[spec.family, variant, entry.split("@")[0]], job_type="evaluate",
                            config={"optimizer": entry, "variant": variant, "task": task, "task_spec": suite[task],
@@ -458,8 +453,8 @@ def log_wandb(cells: dict, cols: list, suite: dict, summary: dict, md: str, figu
             for task in suite:
                 steps = budget(suite[task], cfg)
                 names = [e for e, _, _ in cols if (e, task) in cells]
-                ys = [np.nanmedian(np.array([c["train_loss"][:steps] + [np.nan] * (steps - len(c["train_loss"]))
-                                             for c in cells[(e, task)]]), axis=0).tolist() for e in names]
+                ys = [np.nanmedian(M.padded([c["train_loss"] for c in cells[(e, task)]], steps), axis=0).tolist()
+                      for e in names]
                 log.wandb_run.log({f"compare/{task}": wandb.plot.line_series(
                     xs=list(range(1, steps + 1)), ys=ys, keys=names, title=f"{task}: median training loss",
                     xname="step")})

@@ -52,6 +52,16 @@ def normalized_score(value: float, reference: float) -> float:
     return value / reference
 
 
+def padded(curves: Sequence[Sequence[float]], length: int) -> np.ndarray:
+    """Curves of unequal length (a diverged run stops early) as one ``(len(curves), length)`` array,
+    NaN after each curve's end (longer curves are cut at ``length``)."""
+    out = np.full((len(curves), length), np.nan)
+    for i, c in enumerate(curves):
+        c = np.asarray(c, dtype=float)[:length]
+        out[i, :len(c)] = c
+    return out
+
+
 def geometric_mean(values: Sequence[float]) -> float:
     """Geometric mean of positive values; inf if any is inf (a diverged task), nan if any is nan or <= 0."""
     v = np.asarray(values, dtype=float)
