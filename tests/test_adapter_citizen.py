@@ -66,7 +66,7 @@ def test_a_copied_optimizer_continues_bitwise(kind, how):
 
 @pytest.mark.parametrize("kind", ["adam", "lstm"])
 def test_a_deep_copied_optimizer_alone_steps_like_the_original(kind):
-    """The issue's reproduction: copy.deepcopy(opt) then step() (it raised AttributeError)."""
+    """copy.deepcopy(opt) then step() (this once raised AttributeError)."""
     model, opt = model_and_opt(kind)
     train(model, opt, 2, seed=0)
     model(torch.ones(3, 4)).sum().backward()

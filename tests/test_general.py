@@ -1,4 +1,4 @@
-"""Issue 12's task side: 8x8 datasets, task augmentation by reparameterisation (alone and in batched
+"""The general family's task side: 8x8 datasets, task augmentation by reparameterisation (alone and in batched
 populations), the broad ``general_family``, the regression and autoencoder tasks, and the evaluation
 of tasks without accuracy or with absent data files."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The generalization suite of issue 12: it validates, every task lies outside the meta-training
+"""The generalization suite: it validates, every task lies outside the meta-training
 family's distribution (checked against configs/family/general.yaml, not a copy of it), and it runs
 end to end on a tiny budget."""
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_every_suite_task_lies_outside_the_meta_training_family(label):
     assert outside_family(CONFIG["suite"][label]), f"suite.{label} lies inside configs/family/general.yaml"
 
 
-def test_the_suite_covers_what_the_issue_names():
+def test_the_suite_covers_wider_deeper_28x28_other_losses_batches_and_long_horizons():
     suite = CONFIG["suite"].values()
     assert any(max(s.get("hidden_sizes", [0])) >= 256 for s in suite)           # wider
     assert any(len(s.get("hidden_sizes", [])) > FAMILY["depths"][1] for s in suite)  # deeper

@@ -18,7 +18,7 @@ Then a scaling table: batched throughput for N = 1, 2, 4, ..., 256 (Adam no_grad
 meta-training with the LSTM optimizer), each row with the speed-up over a Python loop of
 min(N, --n) tasks timed in the same interleaved rounds (a loop's per-task throughput does
 not depend on N, so larger loops are not timed).
-Target (the issue): >= 4x at N = 16 on a 2-core CPU.
+Target: >= 4x at N = 16 on a 2-core CPU.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A small per-parameter MLP optimizer whose update is normalised per tensor at every step.
 
-The general-purpose rule of issue 12, in the spirit of Celo/Celo2 (a tiny MLP update rule,
+The general-purpose rule, in the spirit of Celo/Celo2 (a tiny MLP update rule,
 RMS-normalised output) and of Metz et al.'s per-parameter MLP optimizers. For every parameter
 tensor ``w`` with gradient ``g`` (``t`` = ``state["step"]``, the number of updates made before
 this one; ``H`` = the horizon given to :meth:`NormalizedMLPOptimizer.init`, if any)::

@@ -1,5 +1,5 @@
 """A broad meta-training distribution: small image/signal classifiers of many shapes, batch sizes,
-horizons and parameter scales (issue 12; task diversity as in Metz et al. 2020, augmentation as in
+horizons and parameter scales (task diversity as in Metz et al. 2020, augmentation as in
 Metz et al. 2022).
 
 Each :meth:`GeneralFamily.sample` draws, from the generator it is given and nothing else:
@@ -76,7 +76,7 @@ def _log_uniform_int(u: float, low: int, high: int) -> int:
 
 
 class GeneralFamily(TaskFamily):
-    """The broad task distribution of issue 12; see the module docstring.
+    """The broad task distribution for a general-purpose learned optimizer; see the module docstring.
 
     Args:
         datasets: dataset names (``DATASETS``); each needs at least one fitting architecture.
