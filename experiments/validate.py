@@ -50,9 +50,8 @@ def main(cfg: DictConfig) -> None:
     for label, rule in rules.items():
         scores = held_out_scores(rule, family, c["tasks"], c["steps"], c["metric"], device, c["first_seed"])
         results[label] = scores
-        finite = [s for s in scores if math.isfinite(s)]
         rows.append([label, float(np.mean(scores)), float(np.median(scores)), max(scores),
-                     len(scores) - len(finite)])
+                     sum(not math.isfinite(s) for s in scores)])
         print(f"{label}: mean {rows[-1][1]:.4g}", flush=True)
     header = (f"{c['tasks']} held-out tasks of `{c['family']['name']}` (seeds {c['first_seed']} + i), {c['steps']} "
               f"steps each; score = {c['metric']} (lower is better).\n\n")

@@ -47,7 +47,7 @@ from baselines.base import Params, State, UpdateRule
 
 from .tasks.base import Task
 
-__all__ = ["unroll", "UnrollResult", "needs_graph"]
+__all__ = ["unroll", "UnrollResult", "needs_graph", "init_state"]
 
 
 @dataclass
@@ -76,6 +76,12 @@ def _tensors(obj: Any):
     elif isinstance(obj, (list, tuple)):
         for v in obj:
             yield from _tensors(v)
+
+
+def init_state(rule: UpdateRule, params: Params, horizon: int) -> State:
+    """``rule.init(params)``, or ``rule.init(params, horizon=horizon)`` for a rule with fraction-of-horizon
+    features (``uses_horizon = True``, e.g. celo): the one place a run's length reaches a rule."""
+    return rule.init(params, horizon=horizon) if getattr(rule, "uses_horizon", False) else rule.init(params)
 
 
 def needs_graph(rule: UpdateRule, params: Params, state: State | None = None) -> bool:

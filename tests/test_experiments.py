@@ -23,6 +23,14 @@ def run_experiment(script: str, tmp_path: Path, *overrides: str, timeout: int = 
     return run_dir
 
 
+def composed_config(name: str, resolve: bool = False) -> dict:
+    """``configs/<name>.yaml`` as its entry point sees it (its `defaults:` applied)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return OmegaConf.to_container(compose(config_name=name), resolve=resolve)
+
+
 def table_rows(md: str) -> list[list[str]]:
     lines = [line for line in md.splitlines() if line.startswith("|")]
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]

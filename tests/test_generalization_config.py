@@ -11,17 +11,9 @@ import torch
 import yaml
 
 from learned_opt.evaluation.evaluate import check_config
-from test_experiments import ROOT, run_experiment
+from test_experiments import ROOT, composed_config, run_experiment
 
-def composed(name: str) -> dict:
-    """The config as the entry point sees it (its `defaults:` applied)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name=name), resolve=True)
-
-
-CONFIG = composed("generalization")
+CONFIG = composed_config("generalization", resolve=True)
 FAMILY = yaml.safe_load((ROOT / "configs" / "family" / "general.yaml").read_text())
 
 

@@ -13,7 +13,7 @@ import learned_opt
 from learned_opt.meta.checkpoint import resolve_pretrained
 from learned_opt.optimizers.normalized import NormalizedMLPOptimizer
 from learned_opt.tasks import make_task
-from learned_opt.unroll import unroll
+from learned_opt.unroll import init_state, unroll
 
 SHIPPED = resolve_pretrained("celo")
 
@@ -31,7 +31,7 @@ def mean_loss(rule, task, steps: int, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
     params = task.init_params(g)
     with torch.no_grad():
-        state = rule.init(params, horizon=steps) if getattr(rule, "uses_horizon", False) else rule.init(params)
+        state = init_state(rule, params, steps)
         res = unroll(task, rule, params, state, steps, g)
     assert not res.diverged
     return float(res.losses.mean())

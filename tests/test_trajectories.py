@@ -17,6 +17,7 @@ from PIL import Image
 from baselines import make_rule
 from learned_opt.tasks import make_task
 from learned_opt.unroll import unroll
+from test_experiments import composed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ["gd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adadelta"]
@@ -68,13 +69,6 @@ def load_script():
     return sys.modules[spec.name]
 
 
-def composed_config():
-    """configs/trajectories.yaml as the entry point sees it (its `defaults:` applied), editable."""
-    from hydra import compose, initialize_config_dir
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return OmegaConf.create(OmegaConf.to_container(compose(config_name="trajectories")))
-
-
 @pytest.mark.parametrize("override, message", [
     ("surfaces.beale.lr.adam", "surfaces.beale.lr must give one learning rate per rule"),
     ("surfaces.saddle_ridge.levels", "levels='cubic' is not allowed"),
@@ -84,7 +78,7 @@ def composed_config():
 ])
 def test_bad_config_is_rejected_before_work(override, message):
     script = load_script()
-    cfg = composed_config()
+    cfg = OmegaConf.create(composed_config("trajectories"))
     bad = {"surfaces.saddle_ridge.levels": "cubic", "claims.0.surface": "nowhere", "animation.frames": 500,
            "rules.gd.rule": "gdd"}
     if override == "surfaces.beale.lr.adam":
@@ -102,7 +96,7 @@ def test_learned_rule_from_a_checkpoint_joins_every_surface(tmp_path):
 
     path = save_checkpoint(tmp_path / "lstm.pt", make_learned_rule("lstm"), 0, {"note": "untrained"})
     script = load_script()
-    cfg = composed_config()
+    cfg = OmegaConf.create(composed_config("trajectories"))
     cfg.learned_checkpoint, cfg.max_steps = str(path), 5
     runs = script.build(cfg, torch.device("cpu"))
     assert all(list(run.rules)[-1] == "learned" and run.rules["learned"][1] is None for run in runs.values())

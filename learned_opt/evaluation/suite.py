@@ -47,7 +47,7 @@ from ..schema import ConfigError, check_call
 from ..tasks import TASKS, make_task
 from ..tasks.base import Task
 from ..tasks.datasets import Dataset
-from ..unroll import unroll
+from ..unroll import init_state, unroll
 from ..utils import atomic_write_text, generator
 from . import metrics as M
 
@@ -118,11 +118,10 @@ def parse_optimizers(cfg: dict, tuning: dict | None = None) -> list[OptimizerSpe
             if not isinstance(entry["checkpoint"], str):
                 raise ConfigError(f"optimizers.{label}.checkpoint={entry['checkpoint']!r} is not allowed; "
                                   f"allowed: a file path")
-            from ..meta.checkpoint import resolve_pretrained
+            from ..meta.checkpoint import load_checkpoint, resolve_pretrained
             path = resolve_pretrained(entry["checkpoint"])  # a file, or a shipped optimizer's short name ("celo")
             if not path.is_file():
                 raise FileNotFoundError(f"optimizers.{label}.checkpoint: no such file {path}")
-            from ..meta.checkpoint import load_checkpoint
             digest = file_sha256(path)
             load_checkpoint(path)  # corrupt or foreign files fail here, with the reason
             specs.append(OptimizerSpec(label, checkpoint=str(path), sha256=digest))
@@ -239,7 +238,7 @@ def run_cell(task: Task, rule: UpdateRule, seed: int, steps: int, device: torch.
     """One (optimizer, task, seed) run: the per-step training loss and periodic test metrics."""
     g = generator(seed, device)
     params = task.init_params(g)
-    state = rule.init(params, horizon=steps) if getattr(rule, "uses_horizon", False) else rule.init(params)
+    state = init_state(rule, params, steps)
 
     def evaluate(step: int, p, loss) -> dict:
         return {"step": step, **{f"test_{k}": v for k, v in task.metrics(p, "test", eval_examples).items()}}

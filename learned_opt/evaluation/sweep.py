@@ -15,8 +15,8 @@ import torch
 
 from baselines import make_rule
 
-from ..tasks.population import PopulationTask
 from ..tasks.base import Task
+from ..tasks.population import PopulationTask
 from ..unroll import unroll
 from ..utils import generator
 

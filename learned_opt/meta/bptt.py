@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ..tasks.population import population_rule, stack_trees, unstack_tree
 from ..tasks.base import Task, TaskFamily
+from ..tasks.population import population_rule, stack_trees, unstack_tree
 from ..unroll import UnrollResult, unroll
 from .inner import Estimate, InnerProblems, detach_tree, finish_estimate
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..tasks.population import stack_trees, unstack_tree
 from ..tasks.base import TaskFamily
+from ..tasks.population import stack_trees, unstack_tree
 from ..unroll import UnrollResult, unroll
 from ..optimizers.batched import MemberRule, meta_vector, unflatten_meta
 from .inner import Estimate, InnerProblems, Slot, clone_generator, detach_tree, finish_estimate

@@ -44,8 +44,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..tasks.population import PopulationTask
 from ..tasks.base import Task, TaskFamily
+from ..tasks.population import PopulationTask
+from ..unroll import init_state
 
 __all__ = ["InnerProblems", "Slot", "Estimate", "META_LOSSES", "detach_tree", "tree_to", "shapes"]
 
@@ -180,7 +181,7 @@ class InnerProblems:
         batches = torch.Generator(device=self.device).manual_seed(seed + 1)
         horizon = int(getattr(task, "horizon", None) or self.horizon)
         with torch.no_grad():  # a rule with fraction-of-horizon features is told the task's horizon
-            state = rule.init(params, horizon=horizon) if getattr(rule, "uses_horizon", False) else rule.init(params)
+            state = init_state(rule, params, horizon)
         return Slot(seed, task, params, state, batches, horizon=horizon)
 
     def prepare(self, rule: nn.Module, idx: list[int]) -> list[Slot]:

@@ -55,7 +55,7 @@ from ..runlock import RunLock
 from ..runlog import RunLogger, _jsonable, read_jsonl, truncate_jsonl
 from ..schema import ConfigError
 from ..tasks import make_family
-from ..unroll import unroll
+from ..unroll import init_state, unroll
 from ..utils import atomic_write_text, generator, resolve_device
 from .checkpoint import CheckpointError, check_resumable, load_checkpoint, rule_from_checkpoint, save_checkpoint
 from .config import META_OPTIMIZERS, check_meta_train_config
@@ -137,7 +137,7 @@ def held_out_scores(rule: nn.Module, family, tasks: int, steps: int, metric: str
         g = generator(seed, device)
         params = task.init_params(g)
         with torch.no_grad():
-            state = rule.init(params, horizon=steps) if getattr(rule, "uses_horizon", False) else rule.init(params)
+            state = init_state(rule, params, steps)
             res = unroll(task, rule, params, state, steps, g)
         if res.diverged:
             scores.append(math.inf)

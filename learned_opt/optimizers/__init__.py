@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from .features import reduce_dims, second_moment_normalize
 from .hyper import LearnedAdam, LearnedSGD
 from .lstm import LSTMOptimizer, preprocess_gradient

@@ -51,7 +51,6 @@ class LearnedAdam(LearnedRule):
     Args (initial values): ``lr > 0``, ``betas`` each in (0, 1), ``eps > 0``.
     """
 
-
     def __init__(self, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8):
         super().__init__()
         check_range("lr", lr, 0.0, low_inclusive=False)
@@ -69,7 +68,6 @@ class LearnedAdam(LearnedRule):
 
     def config(self) -> dict[str, Any]:
         return {"lr": self._config["lr"], "betas": list(self._config["betas"]), "eps": self._config["eps"]}
-
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v:.4g}" for k, v in self.current_hparams().items())
@@ -101,7 +99,6 @@ class LearnedSGD(LearnedRule):
     the learned schedule (a positive integer; the meta-training horizon; 1: one constant lr).
     """
 
-
     def __init__(self, lr: float = 0.1, momentum: float = 0.9, steps: int = 100):
         super().__init__()
         check_range("lr", lr, 0.0, low_inclusive=False)
@@ -120,7 +117,6 @@ class LearnedSGD(LearnedRule):
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)
-
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v:.4g}" for k, v in self.current_hparams().items())

@@ -141,8 +141,6 @@ class LSTMOptimizer(LearnedRule):
                 "output_scale": self.output_scale, "lr": self.lr, "step_scale": self.step_scale,
                 "input_scale": self.input_scale}
 
-
-
     # ------------------------------------------------------------------ the rule
     def init(self, params: Params) -> State:
         """Zero hidden and cell states, ``(*param.shape, hidden_size)`` per tensor."""

@@ -116,8 +116,6 @@ class MLPOptimizer(LearnedRule):
                 "step_timescales": list(self.step_timescales), "exp_mult": self.exp_mult,
                 "step_mult": self.step_mult, "lr": self.lr, "step_scale": self.step_scale}
 
-
-
     @property
     def momentum_keys(self) -> list[str]:
         return [_momentum_key(d) for d in self.decays]

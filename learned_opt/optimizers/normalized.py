@@ -189,8 +189,6 @@ class NormalizedMLPOptimizer(LearnedRule):
                 "magnitude_log_range": self.magnitude_log_range,
                 "learn_scale": self.learn_scale, "weight_decay": self.weight_decay, "bias_rule": self.bias_rule}
 
-
-
     @property
     def momentum_keys(self) -> list[str]:
         return [_momentum_key(d) for d in self.decays]
