@@ -45,7 +45,14 @@ def _check_open_unit(name: str, value: Any) -> None:
     check_range(name, value, 0.0, 1.0, low_inclusive=False)
 
 
-class LearnedAdam(LearnedRule):
+class _HyperRule(LearnedRule):
+    """A hand-crafted rule with meta-learned hyperparameters: its repr shows their current values."""
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v:.4g}" for k, v in self.current_hparams().items())
+
+
+class LearnedAdam(_HyperRule):
     """Adam with meta-learned ``log_lr``, ``logit_beta1``, ``logit_beta2`` and ``log_eps``.
 
     Args (initial values): ``lr > 0``, ``betas`` each in (0, 1), ``eps > 0``.
@@ -69,9 +76,6 @@ class LearnedAdam(LearnedRule):
     def config(self) -> dict[str, Any]:
         return {"lr": self._config["lr"], "betas": list(self._config["betas"]), "eps": self._config["eps"]}
 
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v:.4g}" for k, v in self.current_hparams().items())
-
     def rule(self) -> Adam:
         """The hand-crafted Adam with the current (differentiable) hyperparameter values."""
         return Adam.unchecked(lr=self.lr * self.log_lr.exp(),
@@ -91,7 +95,7 @@ class LearnedAdam(LearnedRule):
         return self.rule().update(grads, state, params)
 
 
-class LearnedSGD(LearnedRule):
+class LearnedSGD(_HyperRule):
     """SGD with momentum, a meta-learned per-step schedule ``log_lrs`` and ``logit_momentum``.
 
     Args (initial values): ``lr > 0`` (every entry of the schedule), ``momentum`` in (0, 1), or
@@ -117,9 +121,6 @@ class LearnedSGD(LearnedRule):
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v:.4g}" for k, v in self.current_hparams().items())
 
     def learning_rate(self, step: int) -> torch.Tensor:
         """The learned learning rate of the update with 0-based index ``step`` (multiplier included)."""
