@@ -44,8 +44,11 @@ def run_forked(target, *args) -> float:
 
 def kill_and_resume(target, make_args, full_seconds: float, kills: int, seed: int) -> int:
     """Run ``target(*make_args(attempt))`` in forked processes, SIGKILLing the first ``kills`` attempts at random
-    moments (uniform in the first half of a whole run's time); returns how many were killed while running.
-    The last attempt must finish cleanly."""
+    moments; returns how many were killed while running. The last attempt must finish cleanly.
+
+    Each delay is uniform in (0, full_seconds / kills): the killed attempts together last about half a whole
+    run, so on a slow or a fast machine alike the run is still unfinished when most of them die (longer
+    delays let the first resumes finish the run, after which nothing is left to kill)."""
     rng = random.Random(seed)
     ctx = multiprocessing.get_context("fork")
     killed = 0
@@ -53,7 +56,7 @@ def kill_and_resume(target, make_args, full_seconds: float, kills: int, seed: in
         proc = ctx.Process(target=_quiet, args=(target, *make_args(attempt)))
         proc.start()
         if attempt < kills:
-            proc.join(rng.uniform(0.0, full_seconds / 2))
+            proc.join(rng.uniform(0.0, full_seconds / kills))
             if proc.is_alive():
                 os.kill(proc.pid, signal.SIGKILL)
                 killed += 1
