@@ -30,6 +30,8 @@ from typing import Any, Callable, Protocol, Union, runtime_checkable
 import torch
 from torch import Tensor
 
+from .checks import ConfigError
+
 Params = dict[str, Tensor]
 State = dict[str, Any]
 Schedule = Callable[[int], Union[float, Tensor]]
@@ -74,9 +76,9 @@ _CHECKS = True  # switched off only inside Rule.unchecked
 
 def check_range(name: str, value: Any, low: float, high: float = math.inf,
                 low_inclusive: bool = True, high_inclusive: bool = False) -> None:
-    """Raise ``ValueError`` naming ``name``, its value and the allowed range.
-
-    Schedules are checked when they are evaluated, not here. Tensors are
+    """Raise :class:`~baselines.checks.ConfigError` (a ``ValueError``) naming ``name``, its value and the
+    allowed range, as every check in :mod:`baselines.checks` does; for a rule's hyperparameters, which may
+    be tensors: schedules are checked when they are evaluated, not here. Tensors are
     checked on their current value (elementwise for non-scalar tensors).
     """
     if is_schedule(value) or not _CHECKS:
@@ -87,15 +89,15 @@ def check_range(name: str, value: Any, low: float, high: float = math.inf,
         try:
             vals = [_scalar(value)]
         except TypeError:
-            raise TypeError(f"{name}={value!r} must be a number, a tensor or a schedule, "
-                            f"got {type(value).__name__}") from None
+            raise TypeError(f"{name}={value!r} is not allowed; allowed: a number, a tensor or a schedule "
+                            f"(got {type(value).__name__})") from None
     lo_ok = (lambda v: v >= low) if low_inclusive else (lambda v: v > low)
     hi_ok = (lambda v: v <= high) if high_inclusive else (lambda v: v < high)
     for v in vals:
         if math.isnan(v) or not (lo_ok(v) and hi_ok(v)):
             lb = "[" if low_inclusive else "("
             rb = "]" if high_inclusive else ")"
-            raise ValueError(f"{name}={v!r} is out of range: allowed {name} in {lb}{low}, {high}{rb}")
+            raise ConfigError(f"{name}={v!r} is not allowed; allowed: a number in {lb}{low}, {high}{rb}")
 
 
 def check_hparam(name: str, value: Any, schedulable: tuple[str, ...] = ()) -> None:
@@ -108,10 +110,10 @@ def check_hparam(name: str, value: Any, schedulable: tuple[str, ...] = ()) -> No
     if is_schedule(value):
         if name in schedulable:
             return
-        raise TypeError(f"{name}={value!r} must be a number or a one-element tensor; this rule takes no "
-                        f"schedule for {name}")
+        raise TypeError(f"{name}={value!r} is not allowed; allowed: a number or a one-element tensor (this rule "
+                        f"takes no schedule for {name})")
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
-        raise TypeError(f"{name}={value!r} must be a number or a tensor, got {type(value).__name__}")
+        raise TypeError(f"{name}={value!r} is not allowed; allowed: a number or a tensor (got {type(value).__name__})")
     if name == "lr":
         check_range("lr", value, 0.0)
     else:

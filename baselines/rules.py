@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import (LR, HParam, Params, Rule, State, check_betas, check_keys, check_range,
-                   resolve, zeros_like)
+from .base import LR, HParam, Params, Rule, State, check_betas, check_keys, check_range, resolve, zeros_like
+from .checks import check_choice
 
 __all__ = ["SGD", "GD", "Momentum", "Nesterov", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta"]
 
@@ -379,8 +379,4 @@ RULES: dict[str, type[Rule]] = {
 
 def make_rule(name: str, **hparams: Any) -> Rule:
     """Build a rule by its config name, e.g. ``make_rule("adam", lr=3e-4)``."""
-    try:
-        cls = RULES[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(sorted(RULES))}") from None
-    return cls(**hparams)
+    return RULES[check_choice("rule", name, sorted(RULES))](**hparams)

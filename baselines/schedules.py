@@ -26,30 +26,18 @@ choosing the bounds of a cyclic schedule.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from torch import Tensor
 
 from .base import Params, check_range
+from .checks import check_choice, check_int
 
 __all__ = [
     "Constant", "StepDecay", "Exponential", "CyclicLR", "CosineWarmRestarts", "ReduceOnPlateau",
     "SnapshotCollector", "RangeTestResult", "lr_range_test", "SCHEDULES", "make_schedule",
 ]
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an integer >= ``low``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name}={value!r} must be an integer; allowed {name} in [{low}, inf)")
-    check_range(name, value, low)
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name}={value!r}; allowed: {', '.join(allowed)}")
 
 
 class _Schedule:
@@ -82,7 +70,7 @@ class StepDecay(_Schedule):
 
     def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
         check_range("lr", lr, 0.0)
-        _check_int("step_size", step_size, 1)
+        check_int("step_size", step_size, 1)
         check_range("gamma", gamma, 0.0, low_inclusive=False)
         self.lr, self.step_size, self.gamma = lr, step_size, gamma
 
@@ -136,10 +124,10 @@ class CyclicLR(_Schedule):
                  cycle_momentum: bool = False, base_momentum: float = 0.8, max_momentum: float = 0.9):
         check_range("base_lr", base_lr, 0.0)
         check_range("max_lr", max_lr, base_lr)
-        _check_int("step_size_up", step_size_up, 1)
+        check_int("step_size_up", step_size_up, 1)
         if step_size_down is not None:
-            _check_int("step_size_down", step_size_down, 1)
-        _check_choice("mode", mode, self.MODES)
+            check_int("step_size_down", step_size_down, 1)
+        check_choice("mode", mode, self.MODES)
         check_range("gamma", gamma, 0.0, 1.0, low_inclusive=False, high_inclusive=True)
         if cycle_momentum:
             check_range("base_momentum", base_momentum, 0.0, 1.0)
@@ -205,8 +193,8 @@ class CosineWarmRestarts(_Schedule):
 
     def __init__(self, lr: float, T_0: int, T_mult: int = 1, eta_min: float = 0.0):
         check_range("lr", lr, 0.0)
-        _check_int("T_0", T_0, 1)
-        _check_int("T_mult", T_mult, 1)
+        check_int("T_0", T_0, 1)
+        check_int("T_mult", T_mult, 1)
         check_range("eta_min", eta_min, 0.0)
         self.lr, self.T_0, self.T_mult, self.eta_min = lr, T_0, T_mult, eta_min
 
@@ -271,12 +259,12 @@ class ReduceOnPlateau(_Schedule):
                  threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0,
                  min_lr: float = 0.0, eps: float = 1e-8):
         check_range("lr", lr, 0.0)
-        _check_choice("mode", mode, self.MODES)
+        check_choice("mode", mode, self.MODES)
         check_range("factor", factor, 0.0, 1.0, low_inclusive=False)
-        _check_int("patience", patience, 0)
+        check_int("patience", patience, 0)
         check_range("threshold", threshold, 0.0)
-        _check_choice("threshold_mode", threshold_mode, self.THRESHOLD_MODES)
-        _check_int("cooldown", cooldown, 0)
+        check_choice("threshold_mode", threshold_mode, self.THRESHOLD_MODES)
+        check_int("cooldown", cooldown, 0)
         check_range("min_lr", min_lr, 0.0)
         check_range("eps", eps, 0.0)
         self.lr = float(lr)
@@ -413,8 +401,8 @@ def lr_range_test(train_step: Callable[[float], float], min_lr: float = 1e-7, ma
     """
     check_range("min_lr", min_lr, 0.0, low_inclusive=False)
     check_range("max_lr", max_lr, min_lr, low_inclusive=False)
-    _check_int("num_steps", num_steps, 2)
-    _check_choice("mode", mode, ("exp", "linear"))
+    check_int("num_steps", num_steps, 2)
+    check_choice("mode", mode, ("exp", "linear"))
     check_range("smooth", smooth, 0.0, 1.0, low_inclusive=False, high_inclusive=True)
     check_range("diverge_factor", diverge_factor, 1.0, low_inclusive=False)
 
@@ -454,8 +442,4 @@ SCHEDULES: dict[str, type] = {
 
 def make_schedule(name: str, **kwargs: Any) -> Any:
     """Build a schedule by its config name, e.g. ``make_schedule("cyclic", base_lr=1e-3, max_lr=1e-1)``."""
-    try:
-        cls = SCHEDULES[name]
-    except KeyError:
-        raise ValueError(f"unknown schedule {name!r}; allowed: {', '.join(sorted(SCHEDULES))}") from None
-    return cls(**kwargs)
+    return SCHEDULES[check_choice("schedule", name, sorted(SCHEDULES))](**kwargs)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from baselines import make_rule
 from learned_opt.evaluation.plots import plot_curves
-from learned_opt.evaluation.tables import markdown_table, mean_std
+from learned_opt.evaluation.report import markdown_table, mean_std
 from learned_opt.runlog import RunLogger, check_wandb_config
 from learned_opt.tasks import make_task
 from learned_opt.unroll import unroll

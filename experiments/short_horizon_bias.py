@@ -22,12 +22,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from learned_opt.evaluation.plots import plot_meta_learned_lr
 from learned_opt.evaluation.sweep import lr_sweep
-from learned_opt.evaluation.tables import markdown_table
+from learned_opt.evaluation.report import markdown_table
 from learned_opt.meta import ESTIMATORS, meta_train
 from learned_opt.meta.trainer import check_config
-from learned_opt.runlog import RunLogger, check_wandb_config, read_metrics
+from learned_opt.runlog import RunLogger, read_metrics
+from learned_opt.schema import (WANDB, Field, check, choice, delegated, device as device_field, integer, list_of,
+                                number, optional)
 from learned_opt.tasks import make_task
-from learned_opt.utils import atomic_write_text, check_int, resolve_device
+from learned_opt.utils import atomic_write_text, resolve_device
+
+POSITIVE = number(0, low_open=True)
+SCHEMA = {  # the fields of configs/short_horizon_bias.yaml; meta, es and pes are checked as meta-training's
+    "seed": Field(integer(0)), "device": Field(device_field), "threads": Field(optional(integer(1))),
+    "task": Field(delegated), "horizon": Field(integer(1)), "initial_lr": Field(POSITIVE),
+    "estimators": Field(list_of(choice(*ESTIMATORS), nonempty=True, distinct=True)),
+    "meta": Field(delegated), "es": Field(delegated), "pes": Field(delegated),
+    "grid": {"lrs": Field(integer(2)), "low": Field(POSITIVE), "high": Field(POSITIVE), "seeds": Field(integer(1))},
+    "wandb": WANDB,
+}
 
 
 def meta_config(cfg: dict, estimator: str) -> dict:
@@ -46,18 +58,15 @@ def meta_config(cfg: dict, estimator: str) -> dict:
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     c = OmegaConf.to_container(cfg, resolve=True)
-    device = resolve_device(c["device"])
-    if c["threads"] is not None:
-        torch.set_num_threads(check_int("threads", c["threads"]))
+    check(c, SCHEMA)
     for name in c["estimators"]:
-        if name not in ESTIMATORS:
-            raise ValueError(f"estimators: {name!r} is not allowed; allowed: {', '.join(ESTIMATORS)}")
         check_config(meta_config(c, name))
     grid = c["grid"]
-    check_int("grid.lrs", grid["lrs"], 2), check_int("grid.seeds", grid["seeds"])
-    if not 0 < grid["low"] < grid["high"]:
-        raise ValueError(f"grid.low={grid['low']!r}, grid.high={grid['high']!r}: need 0 < low < high")
-    check_wandb_config(c["wandb"])
+    if not grid["low"] < grid["high"]:
+        raise ValueError(f"grid.low={grid['low']!r}, grid.high={grid['high']!r}: need low < high")
+    device = resolve_device(c["device"])
+    if c["threads"] is not None:
+        torch.set_num_threads(c["threads"])
     task_cfg = dict(c["task"])
     task = make_task(task_cfg.pop("name"), device=device, **task_cfg)
     logger = RunLogger(run_dir, c["wandb"], name="short_horizon_bias", group="short_horizon_bias",

@@ -20,27 +20,29 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import learned_opt
-from learned_opt.evaluation.tables import markdown_table
+from learned_opt.evaluation.report import markdown_table
 from learned_opt.meta.checkpoint import CheckpointError
 from learned_opt.meta.trainer import held_out_scores
-from learned_opt.runlog import RunLogger, check_wandb_config
+from learned_opt.runlog import RunLogger
+from learned_opt.schema import WANDB, Field, check, choice, delegated, device as device_field, integer, list_of, string
 from learned_opt.tasks import make_family
-from learned_opt.utils import atomic_write_text, check_int, resolve_device
+from learned_opt.utils import atomic_write_text, resolve_device
+
+SCHEMA = {  # the fields of configs/validate.yaml; the family is checked by its constructor
+    "checkpoints": Field(list_of(string, nonempty=True)), "tasks": Field(integer(1)), "steps": Field(integer(1)),
+    "metric": Field(choice("log_ratio", "mean_loss")), "first_seed": Field(integer(0)), "device": Field(device_field),
+    "family": Field(delegated), "meta": {"truncation": Field(integer(1))}, "wandb": WANDB,
+}
 
 
 @hydra.main(config_path="../configs", config_name="validate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     c = OmegaConf.to_container(cfg, resolve=True)
+    check(c, SCHEMA)
     device = resolve_device(c["device"])
-    check_int("tasks", c["tasks"]), check_int("steps", c["steps"]), check_int("first_seed", c["first_seed"], 0)
-    if c["metric"] not in ("log_ratio", "mean_loss"):
-        raise ValueError(f"metric={c['metric']!r} is not allowed; allowed: log_ratio, mean_loss")
-    check_wandb_config(c["wandb"])
     family_cfg = dict(c["family"])
     family = make_family(family_cfg.pop("name"), **family_cfg)
-    if not c["checkpoints"]:
-        raise ValueError("checkpoints is empty: name at least one learned optimizer")
     try:
         rules = {str(path): learned_opt.load(path, device) for path in c["checkpoints"]}
     except CheckpointError as e:

@@ -17,7 +17,9 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -84,6 +86,29 @@ class RunLogger:
         append_line(self._fd, self.path, json.dumps(row))
         if self.wandb_run is not None:
             self.wandb_run.log(_jsonable(metrics), step=step)
+
+    def log_medians(self, curves: Mapping[str, Sequence[Sequence[float]]], *,
+                    x: Mapping[str, Sequence[int]] | None = None, offset: int = 0,
+                    step_key: str | None = None) -> None:
+        """Log a history of medians over seeds: one row per position, each key holding the median of the
+        seeds' curves there (``curves[key]`` is one curve per seed; ragged curves, e.g. runs that stopped
+        early, count where they have a value).
+
+        ``x[key]`` gives the positions of ``key``'s entries (default ``0, 1, 2, ...``); rows go out in
+        order of position at W&B step ``offset + position``, with the position itself under ``step_key``
+        when given (a history that follows another one in the same run needs the offset: W&B steps must
+        increase).
+        """
+        rows: dict[int, dict[str, float]] = {}
+        for key, per_seed in curves.items():
+            length = max((len(c) for c in per_seed), default=0)
+            positions = list(x[key]) if x is not None and key in x else list(range(length))
+            for i, pos in enumerate(positions):
+                vals = [float(c[i]) for c in per_seed if i < len(c)]
+                if vals:
+                    rows.setdefault(int(pos), {})[key] = float(np.median(vals))
+        for pos in sorted(rows):
+            self.log(({step_key: pos} if step_key else {}) | rows[pos], step=offset + pos)
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.wandb_run is not None:

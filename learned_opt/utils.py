@@ -1,4 +1,4 @@
-"""Small shared helpers: devices, generators, config checks, atomic checkpoint writes."""
+"""Small shared helpers: devices, generators, atomic checkpoint writes."""
 from __future__ import annotations
 
 import os
@@ -19,25 +19,6 @@ def resolve_device(name: str) -> torch.device:
                       RuntimeWarning, stacklevel=2)
         return torch.device("cpu")
     return torch.device(name)
-
-
-def check_int(name: str, value: Any, low: int = 1) -> int:
-    """``value`` when it is an integer >= ``low`` (a bool is not); otherwise a ValueError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-    return value
-
-
-def check_run_config(cfg: dict) -> torch.device:
-    """Validate an experiment's run fields: ``threads`` (None or an integer >= 1) and ``seeds`` (a non-empty
-    list of distinct integers); returns the resolved ``device``."""
-    device = resolve_device(cfg["device"])
-    if cfg["threads"] is not None:
-        check_int("threads", cfg["threads"])
-    seeds = cfg["seeds"]
-    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"seeds={seeds!r} must be a non-empty list of distinct integers")
-    return device
 
 
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -79,8 +79,8 @@ def test_a_deep_copied_optimizer_alone_steps_like_the_original(kind):
         assert a is not b and torch.equal(a, b)
 
 
-BAD = [(-1.0, ValueError, "out of range"), (float("nan"), ValueError, "out of range"),
-       (float("inf"), ValueError, "out of range"), ("0.1", TypeError, "must be a number")]
+BAD = [(-1.0, ValueError, "lr=-1.0 is not allowed"), (float("nan"), ValueError, "lr=nan is not allowed"),
+       (float("inf"), ValueError, "lr=inf is not allowed"), ("0.1", TypeError, "lr='0.1' is not allowed")]
 
 
 @pytest.mark.parametrize("kind", ["adam", "lstm", "mlp", "learned_adam"])

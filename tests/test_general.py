@@ -239,9 +239,9 @@ def test_general_family_skips_absent_file_datasets_with_a_warning(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(datasets=["mnist1d"], architectures=["conv"]), "fits none of architectures"),
-    (dict(datasets=["svhn"]), "unknown dataset 'svhn'"),
-    (dict(activations=["swish"]), "unknown activation 'swish'"),
-    (dict(architectures=["rnn"]), "unknown architecture 'rnn'"),
+    (dict(datasets=["svhn"]), "dataset='svhn' is not allowed"),
+    (dict(activations=["swish"]), "activation='swish' is not allowed"),
+    (dict(architectures=["rnn"]), "architecture='rnn' is not allowed"),
     (dict(widths=[64, 16]), r"widths=\[64, 16\] must be \[low, high\]"),
     (dict(batch_sizes=[0, 8]), "batch_sizes"),
     (dict(horizon_min=120, horizon_max=130, truncation=50), "must hold a multiple of truncation=50"),
@@ -323,7 +323,7 @@ def test_bad_mse_task_arguments():
         AutoencoderTask(hidden_sizes=[])
     with pytest.raises(ValueError, match="outputs"):
         TeacherRegressionTask(outputs=0)
-    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+    with pytest.raises(ValueError, match="teacher_activation='swish' is not allowed"):
         TeacherRegressionTask(teacher_activation="swish")
 
 
@@ -364,7 +364,7 @@ def test_absent_files_without_requires_files_fail_before_work(tmp_path):
     with pytest.raises(ValueError, match=r"suite is empty: every entry \(fashion\) was skipped"):
         E.evaluate(cfg, tmp_path / "run")
     cfg["suite"]["fashion"]["requires_files"] = "yes"
-    with pytest.raises(ValueError, match="requires_files='yes' must be true or false"):
+    with pytest.raises(ValueError, match="requires_files='yes' is not allowed; allowed: true or false"):
         S.parse_suite(cfg["suite"], torch.device("cpu"))
 
 

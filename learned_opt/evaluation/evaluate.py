@@ -40,7 +40,8 @@ from . import metrics as M
 from .plots import plot_curves
 from .suite import (TUNING_METHODS, TUNING_OBJECTIVES, OptimizerSpec, budget, parse_optimizers, parse_suite,
                     read_sealed, run_cell, task_kwargs, tune, write_sealed)
-from .tables import markdown_table
+from .report import markdown_table
+from .results import CellResult, loss_curves
 
 REFERENCE = "adam@tuned"  # the normalising reference, learned_optimization style
 BASELINE = "adam@default"  # the second reference of the across-tasks table (what a new user runs)
@@ -126,7 +127,7 @@ def _evaluate(cfg: dict, run_dir: Path, resume: bool, device: torch.device, spec
     todo = [(e, s, v, t, seed) for t in suite for (e, s, v) in cols for seed in seeds]
     from tqdm.auto import tqdm
     bar = tqdm(todo, desc="cells (optimizer x task x seed)", disable=not cfg.get("progress", True))
-    cells: dict[tuple[str, str], list[dict]] = {}
+    cells: dict[tuple[str, str], list[CellResult]] = {}
     tuned: dict[tuple[str, str], dict] = {}
     t0 = time.perf_counter()
     computed = False  # whether this call computed anything (else a finished evaluation is left as it is)
@@ -134,14 +135,17 @@ def _evaluate(cfg: dict, run_dir: Path, resume: bool, device: torch.device, spec
         bar.set_postfix(task=task_label, optimizer=entry)
         path = run_dir / "cells" / f"{entry}__{task_label}__{seed}.json"
         if path.exists():
-            cell = read_sealed(path, expect={"seed": seed})
-            if cell is not None and _is_cell(cell):
-                cells.setdefault((entry, task_label), []).append(cell)
-                continue
-            if cell is not None:
-                import warnings
-                warnings.warn(f"{path} is damaged (entries missing); computing it again", RuntimeWarning,
-                              stacklevel=2)
+            record = read_sealed(path, expect={"seed": seed})
+            if record is not None:
+                try:
+                    cell = CellResult.from_json(record)
+                    if cell.hparams is None:  # the evaluation always records them
+                        raise ValueError("missing: hparams")
+                    cells.setdefault((entry, task_label), []).append(cell)
+                    continue
+                except ValueError as e:
+                    import warnings
+                    warnings.warn(f"{path} is damaged ({e}); computing it again", RuntimeWarning, stacklevel=2)
         computed = True
         hp = None
         if variant == "tuned":
@@ -153,10 +157,10 @@ def _evaluate(cfg: dict, run_dir: Path, resume: bool, device: torch.device, spec
         task = make_task(**task_kwargs(suite[task_label]), device=device)
         cell = run_cell(task, spec.build(device, hp), seed, budget(suite[task_label], cfg), device,
                         eval_every=cfg.get("eval_every", 0), eval_examples=cfg.get("eval_examples"))
-        cell["hparams"] = hp if hp is not None else (spec.hparams if not spec.learned else {})
-        cell = json.loads(json.dumps(cell))  # exactly what a resumed run reads back
-        write_sealed(cell, path)
-        cells.setdefault((entry, task_label), []).append(cell)
+        cell.hparams = hp if hp is not None else (spec.hparams if not spec.learned else {})
+        record = json.loads(json.dumps(cell.to_json()))  # exactly what a resumed run reads back
+        write_sealed(record, path)
+        cells.setdefault((entry, task_label), []).append(CellResult.from_json(record))
     bar.close()
     for spec in specs:  # tuning records of cells that were all resumed
         for task_label in suite:
@@ -193,13 +197,6 @@ def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in ("progress", "wandb", "resume", "device")}
 
 
-CELL_KEYS = ("seed", "train_loss", "diverged", "seconds", "evals", "hparams")
-
-
-def _is_cell(cell: dict) -> bool:
-    return all(k in cell for k in CELL_KEYS) and isinstance(cell["train_loss"], list)
-
-
 def _check_same_evaluation(saved_cfg: Path, record: dict) -> None:
     """Refuse to resume with another config, or with a learned optimizer's file that changed."""
     try:
@@ -224,32 +221,32 @@ def summarise(cells: dict, cols: list, suite: dict, cfg: dict) -> dict:
     out: dict[str, Any] = {"tasks": {}}
     for task in suite:
         steps = budget(suite[task], cfg)
-        ref_cells = sorted(cells.get((REFERENCE, task), []), key=lambda c: c["seed"])
-        ref_auc = M.median_iqr([M.auc(c["train_loss"], steps) for c in ref_cells])[0] if ref_cells else math.nan
-        ref_final = [c.get("final_train_loss_full", math.inf) for c in ref_cells]
+        ref_cells = sorted(cells.get((REFERENCE, task), []), key=lambda c: c.seed)
+        ref_auc = M.median_iqr([M.auc(c.train_loss, steps) for c in ref_cells])[0] if ref_cells else math.nan
+        ref_final = [c.final("train_loss", math.inf) for c in ref_cells]
         target = (suite[task].get("target_loss") if "target_loss" in suite[task]
                   else (M.median_iqr(ref_final)[0] if ref_cells else math.nan))
         rows = {}
         for entry, _, variant in cols:
-            cs = sorted(cells.get((entry, task), []), key=lambda c: c["seed"])
+            cs = sorted(cells.get((entry, task), []), key=lambda c: c.seed)
             if not cs:
                 continue
             per = {
-                "final_train_loss": [c.get("final_train_loss_full", math.inf) for c in cs],
-                "final_test_loss": [c.get("final_test_loss", math.inf) for c in cs],
-                "test_accuracy": [c.get("final_test_accuracy", math.nan) for c in cs],
-                "auc": [M.auc(c["train_loss"], steps) for c in cs],
-                "steps_to_target": [M.steps_to_target(c["train_loss"], target, smooth=10)
+                "final_train_loss": [c.final("train_loss", math.inf) for c in cs],
+                "final_test_loss": [c.final("test_loss", math.inf) for c in cs],
+                "test_accuracy": [c.final("test_accuracy", math.nan) for c in cs],
+                "auc": [M.auc(c.train_loss, steps) for c in cs],
+                "steps_to_target": [M.steps_to_target(c.train_loss, target, smooth=10)
                                     if math.isfinite(target) else math.nan for c in cs],
-                "seconds": [c["seconds"] for c in cs],
+                "seconds": [c.seconds for c in cs],
             }
             per["score_vs_adam"] = [M.normalized_score(a, ref_auc) for a in per["auc"]]
             stats = {k: dict(zip(("median", "q25", "q75"), M.median_iqr(v))) for k, v in per.items()}
             wtl = (M.wins_losses(per["final_train_loss"], ref_final) if ref_cells and entry != REFERENCE
                    else None)
-            rows[entry] = {"variant": variant, "seeds": [c["seed"] for c in cs], "per_seed": per,
+            rows[entry] = {"variant": variant, "seeds": [c.seed for c in cs], "per_seed": per,
                            "stats": stats, "wins_ties_losses_vs_adam": wtl,
-                           "diverged": sum(bool(c["diverged"]) for c in cs), "hparams": cs[0].get("hparams", {})}
+                           "diverged": sum(c.diverged for c in cs), "hparams": cs[0].hparams or {}}
         ranking = sorted(rows, key=lambda e: (rows[e]["stats"]["auc"]["median"], e))
         out["tasks"][task] = {"target_loss": target, "reference_auc": ref_auc, "rows": rows, "ranking": ranking}
     medians = {t: {e: r["stats"]["auc"]["median"] for e, r in res["rows"].items()} for t, res in out["tasks"].items()}
@@ -313,11 +310,11 @@ def write_csv(cells: dict, cols: list, suite: dict, path: Path) -> None:
     w.writerow(CSV_COLUMNS)
     for task in suite:
         for entry, _, variant in cols:
-            for c in sorted(cells.get((entry, task), []), key=lambda c: c["seed"]):
-                evals = {e["step"]: e for e in c["evals"]}
-                for i, loss in enumerate(c["train_loss"]):
+            for c in sorted(cells.get((entry, task), []), key=lambda c: c.seed):
+                evals = {e["step"]: e for e in c.evals}
+                for i, loss in enumerate(c.train_loss):
                     e = evals.get(i, {})
-                    w.writerow([entry, variant, task, c["seed"], i + 1, repr(loss),
+                    w.writerow([entry, variant, task, c.seed, i + 1, repr(float(loss)),
                                 repr(e["test_loss"]) if "test_loss" in e else "",
                                 repr(e["test_accuracy"]) if "test_accuracy" in e else ""])
     atomic_write_text(buf.getvalue(), path)
@@ -334,7 +331,7 @@ def make_figures(cells: dict, cols: list, suite: dict, summary: dict, run_dir: P
         for entry, _, _ in cols:
             cs = cells.get((entry, task), [])
             if cs:
-                curves[entry] = M.padded([c["train_loss"] for c in cs], steps)
+                curves[entry] = loss_curves(cs, steps)
         figs.append(plot_curves(curves, run_dir / f"curves_{task}.png",
                                 title=f"{task}: training loss (median, IQR band over {len(cfg['seeds'])} seeds)",
                                 xlabel="step (updates)", ylabel="training loss (minibatch)"))
@@ -416,7 +413,7 @@ def log_wandb(cells: dict, cols: list, suite: dict, summary: dict, md: str, figu
             if not cs:
                 continue
             row = summary["tasks"][task]["rows"][entry]
-            arr = M.padded([c["train_loss"] for c in cs], steps)
+            arr = loss_curves(cs, steps)
             with RunLogger(run_dir / "wandb_runs", wcfg, name=f"{entry}/{task}", group=task,
                            tags=[spec.family, variant, entry.split("@")[0]], job_type="evaluate",
                            config={"optimizer": entry, "variant": variant, "task": task, "task_spec": suite[task],
@@ -424,7 +421,7 @@ def log_wandb(cells: dict, cols: list, suite: dict, summary: dict, md: str, figu
                            jsonl=f"{entry}__{task}.jsonl") as log:
                 evals = {}
                 for c in cs:
-                    for e in c["evals"]:
+                    for e in c.evals:
                         evals.setdefault(e["step"], []).append(e)
                 for s in range(steps):
                     col = arr[:, s]
@@ -453,7 +450,7 @@ def log_wandb(cells: dict, cols: list, suite: dict, summary: dict, md: str, figu
             for task in suite:
                 steps = budget(suite[task], cfg)
                 names = [e for e, _, _ in cols if (e, task) in cells]
-                ys = [np.nanmedian(M.padded([c["train_loss"] for c in cells[(e, task)]], steps), axis=0).tolist()
+                ys = [np.nanmedian(loss_curves(cells[(e, task)], steps), axis=0).tolist()
                       for e in names]
                 log.wandb_run.log({f"compare/{task}": wandb.plot.line_series(
                     xs=list(range(1, steps + 1)), ys=ys, keys=names, title=f"{task}: median training loss",

@@ -35,7 +35,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -43,13 +42,14 @@ import torch
 from baselines import RULES, make_rule
 from baselines.base import UpdateRule
 
-from ..schema import ConfigError, check_call
+from ..schema import ConfigError, boolean, check_call, check_choice, check_int, number
 from ..tasks import TASKS, make_task
 from ..tasks.base import Task
 from ..tasks.datasets import Dataset
 from ..unroll import init_state, unroll
 from ..utils import atomic_write_text, generator
 from . import metrics as M
+from .results import CellResult
 
 TUNING_METHODS = ("grid", "random")
 TUNING_OBJECTIVES = ("final_val_loss", "mean_train_loss", "final_train_loss")
@@ -129,8 +129,7 @@ def parse_optimizers(cfg: dict, tuning: dict | None = None) -> list[OptimizerSpe
         if "rule" not in entry:
             raise ValueError(f"optimizers.{label} needs either `rule` (one of {', '.join(RULES)}) or `checkpoint`")
         rule = entry.pop("rule")
-        if not isinstance(rule, str) or rule not in RULES:
-            raise ValueError(f"optimizers.{label}.rule: unknown optimizer {rule!r}; allowed: {', '.join(RULES)}")
+        check_choice(f"optimizers.{label}.rule", rule, tuple(RULES))
         tune = entry.pop("tune", None) or {}
         if not isinstance(tune, dict):
             raise ConfigError(f"optimizers.{label}.tune={tune!r} is not allowed; allowed: a mapping "
@@ -185,17 +184,12 @@ def parse_suite(cfg: dict, device: torch.device) -> dict[str, dict]:
             raise ConfigError(f"suite.{label}={spec!r} is not allowed; allowed: a mapping with `name` and the "
                               f"task's options")
         spec = dict(spec)
-        if not isinstance(spec.get("name"), str) or spec.get("name") not in TASKS:
-            raise ValueError(f"suite.{label}.name: unknown task {spec.get('name')!r}; allowed: {', '.join(TASKS)}")
-        if "steps" in spec and (isinstance(spec["steps"], bool) or not isinstance(spec["steps"], int)
-                                or spec["steps"] < 1):
-            raise ValueError(f"suite.{label}.steps={spec['steps']!r} must be an integer >= 1")
-        if not isinstance(spec.get("requires_files", False), bool):
-            raise ValueError(f"suite.{label}.requires_files={spec['requires_files']!r} must be true or false")
-        if "target_loss" in spec and (isinstance(spec["target_loss"], bool)
-                                      or not isinstance(spec["target_loss"], (int, float))
-                                      or math.isnan(spec["target_loss"])):
-            raise ConfigError(f"suite.{label}.target_loss={spec['target_loss']!r} is not allowed; allowed: a number")
+        check_choice(f"suite.{label}.name", spec.get("name"), tuple(TASKS))
+        if "steps" in spec:
+            check_int(f"suite.{label}.steps", spec["steps"], 1)
+        boolean(f"suite.{label}.requires_files", spec.get("requires_files", False))
+        if "target_loss" in spec:
+            number(finite=False)(f"suite.{label}.target_loss", spec["target_loss"])
         kwargs = task_kwargs(spec)
         name = kwargs.pop("name")
         try:
@@ -234,8 +228,9 @@ def validation_task(spec: dict, device: torch.device, fraction: float, seed: int
 
 # --------------------------------------------------------------------------- one cell
 def run_cell(task: Task, rule: UpdateRule, seed: int, steps: int, device: torch.device,
-             eval_every: int = 0, eval_examples: int | None = None) -> dict[str, Any]:
-    """One (optimizer, task, seed) run: the per-step training loss and periodic test metrics."""
+             eval_every: int = 0, eval_examples: int | None = None) -> CellResult:
+    """One (optimizer, task, seed) run: the per-step training loss, periodic test metrics every
+    ``eval_every`` steps, and the final train/test metrics."""
     g = generator(seed, device)
     params = task.init_params(g)
     state = init_state(rule, params, steps)
@@ -247,14 +242,12 @@ def run_cell(task: Task, rule: UpdateRule, seed: int, steps: int, device: torch.
     res = unroll(task, rule, params, state, steps, g,
                  callback=evaluate if eval_every else None, callback_every=eval_every)
     wall = time.perf_counter() - t0
-    out = {"seed": seed, "train_loss": res.losses.cpu().tolist(), "diverged": res.diverged,
-           "diverged_at": res.diverged_at, "seconds": wall, "evals": res.records}
+    cell = CellResult(seed=seed, train_loss=res.losses.detach().cpu().numpy(), diverged=res.diverged,
+                      diverged_at=res.diverged_at, seconds=wall, evals=res.records)
     if not res.diverged:
-        final = task.metrics(res.params, "test", eval_examples)
-        train = task.metrics(res.params, "train", eval_examples)
-        out.update({f"final_test_{k}": v for k, v in final.items()})
-        out["final_train_loss_full"] = train["loss"]
-    return out
+        cell.final_test = task.metrics(res.params, "test", eval_examples)
+        cell.final_train_loss = task.metrics(res.params, "train", eval_examples)["loss"]
+    return cell
 
 
 # --------------------------------------------------------------------------- tuning
@@ -290,14 +283,14 @@ def candidates(tune: dict, method: str, budget: int, seed: int) -> list[dict]:
     return out
 
 
-def tuning_score(cell: dict, steps: int, objective: str) -> float:
-    if cell["diverged"]:
+def tuning_score(cell: CellResult, steps: int, objective: str) -> float:
+    if cell.diverged:
         return math.inf
     if objective == "mean_train_loss":
-        return M.auc(cell["train_loss"], steps)
+        return M.auc(cell.train_loss, steps)
     if objective == "final_train_loss":
-        return cell.get("final_train_loss_full", math.inf)
-    return cell.get("final_test_loss", math.inf)  # the validation split plays "test" in the tuning task
+        return cell.final("train_loss", math.inf)
+    return cell.final("test_loss", math.inf)  # the validation split plays "test" in the tuning task
 
 
 def tune(spec: OptimizerSpec, task_spec: dict, cfg: dict, device: torch.device, cache: Path | None = None) -> dict:

@@ -22,7 +22,7 @@ states and accumulated perturbations are part of ``state_dict``, so a run resume
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..unroll import UnrollResult
 from .es import TruncatedES

@@ -53,7 +53,6 @@ from torch import nn
 from ..optimizers import make_learned_rule
 from ..runlock import RunLock
 from ..runlog import RunLogger, _jsonable, read_jsonl, truncate_jsonl
-from ..schema import ConfigError
 from ..tasks import make_family
 from ..unroll import init_state, unroll
 from ..utils import atomic_write_text, generator, resolve_device

@@ -44,7 +44,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from baselines.base import Params, State, check_keys, check_range
 
 from .batched import linear
-from .features import check_scale, coordinate_grad_rms, grad_rms, reduce_dims, second_moment_normalize
+from .features import check_scale, coordinate_grad_rms, reduce_dims, second_moment_normalize
 from .features import momentum_key as _momentum_key
 from .rule import LearnedRule
 

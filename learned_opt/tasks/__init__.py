@@ -56,7 +56,7 @@ FAMILIES: dict[str, Callable[..., TaskFamily]] = {
 
 def make_family(name: str, **kwargs: Any) -> TaskFamily:
     """Build task family ``name`` (a key of ``FAMILIES``) with constructor arguments ``kwargs``."""
-    return choose("task family", name, FAMILIES)(**kwargs)
+    return choose("family", name, FAMILIES)(**kwargs)
 
 
 __all__ = [

@@ -19,11 +19,12 @@ A :class:`TaskFamily` samples tasks (a distribution to meta-train on).
 from __future__ import annotations
 
 import abc
-import math
-from typing import Any, Mapping, TypeVar
+from typing import Mapping, TypeVar
 
 import torch
 from torch import Tensor
+
+from baselines.checks import check_choice
 
 Params = dict[str, Tensor]
 Batch = tuple
@@ -82,37 +83,13 @@ class TaskFamily(abc.ABC):
 
 
 def choose(kind: str, name: str, table: Mapping[str, T]) -> T:
-    """``table[name]``, or ``ValueError("unknown <kind> 'name'; allowed: ...")``."""
-    if name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; allowed: {', '.join(table)}")
-    return table[name]
+    """``table[name]``, or a :class:`~baselines.checks.ConfigError` naming ``kind``, ``name`` and the choices."""
+    return table[check_choice(kind, name, tuple(table))]
 
 
 def check_split(split: str) -> str:
     """Return ``split`` if it is ``"train"`` or ``"test"``, else raise ``ValueError``."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
-    return split
-
-
-def check_positive_int(field: str, value: Any, allow_none: bool = False) -> int | None:
-    """Return ``value`` if it is an integer > 0 (or ``None`` when allowed)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        allowed = "a positive integer or None" if allow_none else "a positive integer"
-        raise ValueError(f"{field} must be {allowed}; got {value!r}")
-    return value
-
-
-def check_range(field: str, value: Any, low: float, high: float, high_inclusive: bool = False) -> float:
-    """Return ``float(value)`` if ``low <= value < high`` (``<= high`` when inclusive)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and low <= value and (value <= high if high_inclusive else value < high)
-    if not ok:
-        bracket = "]" if high_inclusive else ")"
-        raise ValueError(f"{field} must be a number in [{low}, {high}{bracket}; got {value!r}")
-    return float(value)
+    return check_choice("split", split, SPLITS)
 
 
 def check_float_dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Params, check_positive_int, uniform
+from baselines.checks import check_int
+
+from .base import Params, uniform
 from .datasets import Dataset
 from .supervised import ClassificationTask
 
@@ -46,7 +48,7 @@ class ConvTask(ClassificationTask):
                  dtype: torch.dtype | str = torch.float32, root: str | None = None, name: str | None = None):
         if isinstance(channels, (int, str)) or len(channels) == 0:
             raise ValueError(f"channels must be a non-empty list of positive integers; got {channels!r}")
-        self.channels = tuple(check_positive_int(f"channels[{i}]", c) for i, c in enumerate(channels))
+        self.channels = tuple(check_int(f"channels[{i}]", c, 1) for i, c in enumerate(channels))
         super().__init__(dataset, batch_size=batch_size, device=device, dtype=dtype, root=root, name=name)
         if len(self.dataset.input_shape) != 3:
             raise ValueError(f"conv needs image data with input_shape (channels, height, width); dataset "

@@ -53,7 +53,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import check_range, check_split, choose
+from baselines.checks import check_int, check_number
+
+from .base import check_split, choose
 
 DATA_ENV_VAR = "LEARNED_OPT_DATA"
 DEFAULT_ROOT = "data"
@@ -141,8 +143,7 @@ def _load_mnist1d(root: Path | None, num_samples: int = 5000, generation_seed: i
     """
     from mnist1d.data import get_dataset_args, make_dataset as generate
 
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 10:
-        raise ValueError(f"num_samples must be an integer >= 10 (one per class); got {num_samples!r}")
+    check_int("num_samples", num_samples, 10)  # one per class at least
     args = get_dataset_args()
     args.num_samples = num_samples
     args.seed = generation_seed
@@ -376,9 +377,8 @@ def make_dataset(name: str = "digits", root: str | os.PathLike | None = None,
     """
     choose("dataset", name, DATASETS)
     choose("normalization", normalize, {mode: mode for mode in NORMALIZATIONS})
-    check_range("test_fraction", test_fraction, 0.0, 1.0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer; got {seed!r}")
+    check_number("test_fraction", test_fraction, 0.0, 1.0, high_open=True)
+    check_int("seed", seed)
     resolved_root = data_root(root) if name in FILE_DATASETS else None
     return _build(name, resolved_root, torch.device(device), float(test_fraction), seed, normalize,
                   tuple(sorted(options.items())))
@@ -439,7 +439,7 @@ def download(name: str, root: str | os.PathLike | None = None, base_url: str | N
     built-in mirrors (any URL urllib opens, ``file://`` included); otherwise the
     mirrors are tried in order and ``OSError`` lists their errors if all fail.
     """
-    spec = choose("downloadable dataset", name, IDX_SETS)
+    spec = choose("dataset", name, IDX_SETS)
     target = data_root(root) / spec.subdir
     target.mkdir(parents=True, exist_ok=True)
     bases = (base_url,) if base_url is not None else spec.mirrors

@@ -32,7 +32,9 @@ from typing import Any, Sequence
 import torch
 
 from .augment import ReparamTask, check_scale_range, log_uniform_scales
-from .base import Task, TaskFamily, check_float_dtype, check_positive_int, check_range, choose
+from baselines.checks import boolean, check_int, check_number
+
+from .base import Task, TaskFamily, check_float_dtype, choose
 from .conv import ConvTask
 from .datasets import DATASETS, FILE_DATASETS, make_dataset
 from .mlp import ACTIVATIONS, MLPTask
@@ -106,19 +108,17 @@ class GeneralFamily(TaskFamily):
         self.conv_channels = _int_range("conv_channels", conv_channels)
         self.conv_depths = _int_range("conv_depths", conv_depths)
         self.batch_sizes = _int_range("batch_sizes", batch_sizes)
-        self.truncation = check_positive_int("truncation", truncation)
-        check_positive_int("horizon_min", horizon_min)
-        check_positive_int("horizon_max", horizon_max)
+        self.truncation = check_int("truncation", truncation, 1)
+        check_int("horizon_min", horizon_min, 1)
+        check_int("horizon_max", horizon_max, 1)
         self.horizon_min, self.horizon_max = horizon_min, horizon_max
         self._k = (math.ceil(horizon_min / truncation), horizon_max // truncation)
         if not 1 <= self._k[0] <= self._k[1]:
             raise ValueError(f"horizon_min={horizon_min}, horizon_max={horizon_max}: the range must hold a "
                              f"multiple of truncation={truncation}")
-        if not isinstance(augment, bool):
-            raise ValueError(f"augment={augment!r} must be true or false")
+        boolean("augment", augment)
         self.augment = augment
-        self.augment_probability = check_range("augment_probability", augment_probability, 0.0, 1.0,
-                                               high_inclusive=True)
+        self.augment_probability = check_number("augment_probability", augment_probability, 0.0, 1.0)
         self.augment_range = check_scale_range("augment_range", augment_range)
         self.device, self.dtype, self.root = torch.device(device), check_float_dtype(dtype), root
 

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import (Batch, Params, Task, TaskFamily, check_float_dtype, check_positive_int, check_range,
-                   choose, randint, uniform)
+from baselines.checks import check_int, check_number
+
+from .base import Batch, Params, Task, TaskFamily, check_float_dtype, choose, randint, uniform
 from .datasets import Dataset, check_available
 from .supervised import ClassificationTask
 
@@ -41,7 +42,7 @@ def _check_hidden_sizes(hidden_sizes: Sequence[int]) -> tuple[int, ...]:
         raise ValueError(f"hidden_sizes must be a list of positive integers (maybe empty); got {hidden_sizes!r}")
     sizes = tuple(hidden_sizes)
     for i, size in enumerate(sizes):
-        check_positive_int(f"hidden_sizes[{i}]", size)
+        check_int(f"hidden_sizes[{i}]", size, 1)
     return sizes
 
 
@@ -70,7 +71,7 @@ class MLPTask(ClassificationTask):
         self.hidden_sizes = _check_hidden_sizes(hidden_sizes)
         self.activation = activation
         self._act = choose("activation", activation, ACTIVATIONS)
-        self.dropout = check_range("dropout", dropout, 0.0, 1.0)
+        self.dropout = check_number("dropout", dropout, 0.0, 1.0, high_open=True)
         if self.dropout > 0 and not self.hidden_sizes:
             raise ValueError(f"dropout={dropout} needs at least one hidden layer; hidden_sizes is empty")
         super().__init__(dataset, batch_size=batch_size, device=device, dtype=dtype, root=root, name=name)
@@ -139,13 +140,12 @@ class MLPFamily(TaskFamily):
         for name in self.datasets:  # every dataset the family may draw is there now, not at a later draw
             check_available(name, root)
         for i, width in enumerate(self.widths):
-            check_positive_int(f"widths[{i}]", width)
+            check_int(f"widths[{i}]", width, 1)
         for i, depth in enumerate(self.depths):
-            if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-                raise ValueError(f"depths[{i}] must be a non-negative integer; got {depth!r}")
+            check_int(f"depths[{i}]", depth, 0)
         for activation in self.activations:
             choose("activation", activation, ACTIVATIONS)
-        self.batch_size = check_positive_int("batch_size", batch_size, allow_none=True)
+        self.batch_size = (None if batch_size is None else check_int("batch_size", batch_size, 1))
         self.device, self.dtype, self.root = torch.device(device), check_float_dtype(dtype), root
 
     @staticmethod

@@ -21,7 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Batch, Params, Task, check_float_dtype, check_positive_int, check_range, check_split, randn
+from baselines.checks import check_int, check_number
+
+from .base import Batch, Params, Task, check_float_dtype, check_split, randn
 
 
 class NoisyQuadraticTask(Task):
@@ -38,12 +40,10 @@ class NoisyQuadraticTask(Task):
     def __init__(self, dim: int = 100, decay: float = 1.0, noise: float = 1.0, init_scale: float = 1.0,
                  device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
                  name: str = "noisy_quadratic"):
-        self.dim = check_positive_int("dim", dim)
-        self.decay = check_range("decay", decay, 0.0, float("inf"))
-        self.noise = check_range("noise", noise, 0.0, float("inf"))
-        self.init_scale = check_range("init_scale", init_scale, 0.0, float("inf"))
-        if not self.init_scale > 0:
-            raise ValueError(f"init_scale={init_scale!r} must be > 0")
+        self.dim = check_int("dim", dim, 1)
+        self.decay = check_number("decay", decay, 0.0)
+        self.noise = check_number("noise", noise, 0.0)
+        self.init_scale = check_number("init_scale", init_scale, 0.0, low_open=True)
         self.device, self.dtype, self.name = torch.device(device), check_float_dtype(dtype), name
         i = torch.arange(1, self.dim + 1, dtype=torch.float64)
         self.h64 = i.pow(-self.decay)

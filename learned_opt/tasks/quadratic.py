@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Batch, Params, Task, TaskFamily, check_float_dtype, check_positive_int, check_split, randn
+from baselines.checks import check_int
+
+from .base import Batch, Params, Task, TaskFamily, check_float_dtype, check_split, randn
 
 
 class QuadraticTask(Task):
@@ -33,7 +35,7 @@ class QuadraticTask(Task):
     def __init__(self, dim: int = 10, seed: int = 0, generator: torch.Generator | None = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
                  name: str = "quadratic"):
-        self.dim = check_positive_int("dim", dim)
+        self.dim = check_int("dim", dim, 1)
         self.device = torch.device(device)
         self.dtype = check_float_dtype(dtype)
         self.name = name
@@ -80,7 +82,7 @@ class QuadraticFamily(TaskFamily):
     """Random quadratics of one dimension: each sample draws a new ``W`` and ``y``."""
 
     def __init__(self, dim: int = 10, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32):
-        self.dim = check_positive_int("dim", dim)
+        self.dim = check_int("dim", dim, 1)
         self.device = torch.device(device)
         self.dtype = check_float_dtype(dtype)
 

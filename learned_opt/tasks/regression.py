@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import (Batch, Params, Task, check_float_dtype, check_positive_int, check_split, choose, randint,
+from baselines.checks import check_int
+
+from .base import (Batch, Params, Task, check_float_dtype, check_split, choose, randint,
                    uniform)
 from .datasets import Dataset, make_dataset
 from .mlp import ACTIVATIONS, _check_hidden_sizes
@@ -64,7 +66,7 @@ class MSETask(Task):
         self._act = choose("activation", activation, ACTIVATIONS)
         self.device = torch.device(device)
         self.dtype = check_float_dtype(dtype)
-        self.batch_size = check_positive_int("batch_size", batch_size, allow_none=True)
+        self.batch_size = (None if batch_size is None else check_int("batch_size", batch_size, 1))
         if not isinstance(dataset, Dataset):
             dataset = make_dataset(dataset, root=root, device=self.device)
         self.dataset = dataset
@@ -103,7 +105,7 @@ class MSETask(Task):
     def metrics(self, params: Params, split: str = "test", max_examples: int | None = None) -> dict[str, float]:
         """Mean squared error on ``split`` (its first ``max_examples`` if given); no accuracy."""
         x, t = self._data[check_split(split)]
-        if check_positive_int("max_examples", max_examples, allow_none=True) is not None:
+        if (None if max_examples is None else check_int("max_examples", max_examples, 1)) is not None:
             x, t = x[:max_examples], t[:max_examples]
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for start in range(0, len(x), EVAL_CHUNK):
@@ -133,8 +135,8 @@ class TeacherRegressionTask(MSETask):
                  dtype: torch.dtype | str = torch.float32, root: str | None = None, name: str | None = None):
         self.teacher_hidden_sizes = _check_hidden_sizes(teacher_hidden_sizes)
         self.teacher_activation = teacher_activation
-        choose("activation", teacher_activation, ACTIVATIONS)
-        self.outputs = check_positive_int("outputs", outputs)
+        choose("teacher_activation", teacher_activation, ACTIVATIONS)
+        self.outputs = check_int("outputs", outputs, 1)
         if isinstance(teacher_seed, bool) or not isinstance(teacher_seed, int):
             raise ValueError(f"teacher_seed must be an integer; got {teacher_seed!r}")
         self.teacher_seed = teacher_seed

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Batch, Params, Task, check_float_dtype, check_positive_int, check_split, randint
+from baselines.checks import check_int
+
+from .base import Batch, Params, Task, check_float_dtype, check_split, randint
 from .datasets import Dataset, make_dataset
 
 EVAL_CHUNK = 8192  # examples per forward pass in metrics, to bound memory
@@ -41,7 +43,7 @@ class ClassificationTask(Task):
                  root: str | None = None, name: str | None = None):
         self.device = torch.device(device)
         self.dtype = check_float_dtype(dtype)
-        self.batch_size = check_positive_int("batch_size", batch_size, allow_none=True)
+        self.batch_size = (None if batch_size is None else check_int("batch_size", batch_size, 1))
         if not isinstance(dataset, Dataset):
             dataset = make_dataset(dataset, root=root, device=self.device)
         self.dataset = dataset
@@ -70,7 +72,7 @@ class ClassificationTask(Task):
     def metrics(self, params: Params, split: str = "test", max_examples: int | None = None) -> dict[str, float]:
         """Mean cross-entropy and accuracy on ``split`` (its first ``max_examples`` if given)."""
         x, y = self._data[check_split(split)]
-        if check_positive_int("max_examples", max_examples, allow_none=True) is not None:
+        if (None if max_examples is None else check_int("max_examples", max_examples, 1)) is not None:
             x, y = x[:max_examples], y[:max_examples]
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)

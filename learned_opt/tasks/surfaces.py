@@ -35,7 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Batch, Params, Task, check_float_dtype, check_range, check_split, randn
+from baselines.checks import check_number
+
+from .base import Batch, Params, Task, check_float_dtype, check_split, randn
 
 Point = tuple[float, float]
 
@@ -94,8 +96,8 @@ class Surface(Task):
 
     def __init__(self, noise: float = 0.0, init_std: float = 0.0, start: Point | None = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32):
-        self.noise = check_range("noise", noise, 0.0, math.inf)
-        self.init_std = check_range("init_std", init_std, 0.0, math.inf)
+        self.noise = check_number("noise", noise, 0.0)
+        self.init_std = check_number("init_std", init_std, 0.0)
         if start is not None:
             if len(start) != 2:
                 raise ValueError(f"start must be a point (x, y); got {start!r}")
