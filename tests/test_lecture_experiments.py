@@ -1,13 +1,14 @@
 """The lecture's experiments (Adam paper figures, CLR, restarts + snapshot ensembles), end to end on tiny configs.
 
 Each script runs in a subprocess with tiny overrides (the structure of its outputs is checked, not the
-numbers); the snapshot ensemble and the range-test bounds are also checked directly.
+numbers); the range-test bounds are also checked directly, and the restarts procedure's config checks and
+verdicts through its library module (its epoch training and snapshot ensembles have their own tests:
+test_epochs.py, test_ensembles.py).
 """
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def test_restarts_tiny(tmp_path):
 
 @pytest.mark.parametrize("script, override, message", [
     ("clr.py", "clr.cycles=0", "clr.cycles=0"),
-    ("restarts.py", "sgdr.cycle_epochs=100", "sgdr.cycle_epochs=100 exceeds epochs"),
+    ("restarts.py", "sgdr.cycle_epochs=100", "sgdr.cycle_epochs=100 is not allowed"),
 ])
 def test_bad_config_is_rejected_before_any_work(tmp_path, script, override, message):
     run_dir, proc = run_experiment(script, tmp_path, override, ok=False, timeout=120)
@@ -133,28 +134,62 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, script, override, mess
 
 
 # --------------------------------------------------------------------------- direct checks
-class _LinearTask:
-    """logits = x @ w: enough of a classification task for ``ensemble_probs``."""
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 0}, "epochs=0 is not allowed; allowed: an integer >= 1"),
+    ({"epoch": 10}, "epoch=10: unknown key (nothing reads it); did you mean epochs?"),
+    ({"val_fraction": 1.0}, "val_fraction=1.0 is not allowed; allowed: a finite number in (0, 1)"),
+    ({"rule": "adam"}, "rule='adam' is not allowed; allowed: momentum, nesterov, sgd"),
+    ({"seeds": [1, 1]}, "seeds=[1, 1] is not allowed; allowed: distinct values"),
+    ({"sgdr": {"lr": 0.1, "cycle_epochs": 10, "T_mult": 1, "eta_min": 0.5}}, "sgdr.eta_min=0.5 is not allowed"),
+    ({"plateau": {"lr": 0.1, "patients": 3}}, "plateau.patients=3: ReduceOnPlateau takes no option 'patients'"),
+    ({"plateau": {"lr": 0.1, "factor": 2.0}}, "plateau (ReduceOnPlateau): factor=2.0 is not allowed"),
+    ({"ensemble": {"last": 0}}, "ensemble.last=0 is not allowed"),
+    ({"figure": {"band": "std", "dpi": 110}}, "figure.band='std' is not allowed; allowed: iqr, minmax"),
+])
+def test_restarts_config_is_checked_before_any_task_is_built(monkeypatch, change, message):
+    from test_experiments import composed_config
 
-    def logits(self, params, x):
-        return x @ params["w"]
+    from learned_opt.evaluation import restarts
+    from learned_opt.schema import ConfigError
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a task was built before the config was checked")
+    monkeypatch.setattr(restarts, "TASKS", {name: no_work for name in restarts.TASKS})
+    monkeypatch.setattr(restarts, "validation_task", no_work)
+    with pytest.raises(ConfigError) as e:
+        restarts.check_config({**composed_config("restarts", resolve=True), **change})
+    assert message in str(e.value)
 
 
-def test_snapshot_ensemble_is_the_mean_of_softmax_outputs():
-    restarts = load_script("restarts")
-    x = torch.tensor([[1.0], [2.0]])
-    # snapshot 1: logits (0, ln 3) for x = 1 -> softmax (1/4, 3/4); for x = 2 -> (0, 2 ln 3) -> (1/10, 9/10)
-    # snapshot 2: logits (0, 0) -> (1/2, 1/2) for both
-    snaps = [{"w": torch.tensor([[0.0, math.log(3.0)]])}, {"w": torch.tensor([[0.0, 0.0]])}]
-    probs = restarts.ensemble_probs(_LinearTask(), snaps, x)
-    expected = torch.tensor([[(0.25 + 0.5) / 2, (0.75 + 0.5) / 2], [(0.1 + 0.5) / 2, (0.9 + 0.5) / 2]])
-    torch.testing.assert_close(probs, expected)
-    # averaging probabilities is not averaging logits: the logit average would give softmax(0, ln 3 / 2)
-    s = restarts.scores(probs, torch.tensor([1, 0]))
-    assert s["accuracy"] == 0.5
-    assert s["loss"] == pytest.approx(-(math.log(0.625) + math.log(0.3)) / 2)
-    single = restarts.ensemble_probs(_LinearTask(), snaps[:1], x)
-    torch.testing.assert_close(single, torch.softmax(x @ snaps[0]["w"], dim=1))
+def test_restarts_rejects_a_task_without_classes():
+    from test_experiments import composed_config
+
+    from learned_opt.evaluation.restarts import check_config
+    from learned_opt.schema import ConfigError
+    with pytest.raises(ConfigError, match="task.name='quadratic' is not allowed; allowed: a classifier"):
+        check_config({**composed_config("restarts", resolve=True), "task": {"name": "quadratic", "dim": 3}})
+
+
+def test_restarts_verdicts_are_points_of_accuracy_with_the_ensemble_as_subject():
+    from learned_opt.evaluation.restarts import RestartsResult
+    score = [{"accuracy": a, "loss": 0.3} for a in (0.94, 0.94)]
+    test = {"(a) fixed lr": score, "(b) reduce-on-plateau": [{"accuracy": 0.96, "loss": 0.2}] * 2,
+            "best single snapshot (by validation loss)": score,
+            "best single snapshot (by test accuracy, optimistic)": score,
+            "snapshot ensemble (last 3 of 3, mean softmax)": [{"accuracy": a, "loss": 0.2} for a in (0.95, 0.94)]}
+    result = RestartsResult(config={}, task_name="t", train_examples=10, steps_per_epoch=1, runs={},
+                            snapshot_steps=[[0, 1, 2]], snapshots=3, ensemble_size=3, test=test, seconds=0.0)
+    same = "+0.50 points (ensemble better / tied / worse on 1 / 1 / 0 of 2 seeds; std of the difference 0.71)"
+    assert result.verdicts() == [
+        f"- ensemble vs best single snapshot (by validation loss): {same}",
+        f"- ensemble vs best single snapshot (by test accuracy, optimistic): {same}",
+        f"- ensemble vs (a) fixed lr: {same}",
+        "- ensemble vs (b) reduce-on-plateau: -1.50 points (ensemble better / tied / worse on 0 / 0 / 2 of 2 seeds; "
+        "std of the difference 0.71)"]
+    assert list(result.bars()) == ["(a) fixed lr", "(b) reduce-on-plateau",
+                                   "best single snapshot (by validation loss)",
+                                   "best single snapshot (by test accuracy, optimistic)",
+                                   "snapshot ensemble (last 3 of 3, mean softmax)"]
 
 
 def test_range_test_bounds_are_ordered_and_the_steps_go_through_unroll(monkeypatch):
