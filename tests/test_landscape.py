@@ -1,4 +1,5 @@
-"""Loss-landscape math (filter normalisation, interpolation, grids, PCA) and the entry point end to end."""
+"""Loss-landscape math (filter normalisation, interpolation, grids, PCA), the procedures around it (config,
+training with snapshots, fixed batches, every slice at once) and the entry point end to end."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from baselines import make_rule
+from baselines.checks import ConfigError
 from learned_opt.evaluation import landscape as L
 from learned_opt.tasks import make_task
 
@@ -118,6 +122,141 @@ def test_flatten_roundtrip_and_shape_checks():
         L.unflatten(torch.zeros(3), params)
     with pytest.raises(ValueError, match="names/shapes differ"):
         L.filter_normalize({"x": torch.zeros(2)}, params)
+
+
+def test_grid_around_covers_the_points_and_the_origin_with_the_margin():
+    coords = np.array([[1.0, 2.0], [3.0, -1.0], [2.0, 0.5]])
+    xs, ys = L.grid_around(coords, 0.25, 7)
+    assert len(xs) == len(ys) == 7 and np.all(np.diff(xs) > 0) and np.all(np.diff(ys) > 0)
+    # x: the points span [1, 3] and the origin widens it to [0, 3]; y: [-1, 2]; a quarter of each on both sides
+    np.testing.assert_allclose([xs[0], xs[-1]], [0 - 0.75, 3 + 0.75])
+    np.testing.assert_allclose([ys[0], ys[-1]], [-1 - 0.75, 2 + 0.75])
+    same = L.grid_around(np.zeros((3, 2)), 0.5, 3)[0]  # points at the origin only: a tiny window, not nothing
+    assert same[0] < 0 < same[-1]
+
+
+def test_barrier_is_the_largest_rise_above_the_chord_inside_zero_one():
+    alphas = np.array([-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5])
+    line = 2.0 - alphas  # a straight line from L(0) = 2 to L(1) = 1
+    assert L.barrier(alphas, line, 2.0, 1.0) == pytest.approx(0.0)
+    bump = line + np.array([9.0, 0.0, 0.1, 0.3, 0.2, 0.0, 9.0])  # outside [0, 1] does not count
+    assert L.barrier(alphas, bump, 2.0, 1.0) == pytest.approx(0.3)
+    assert L.barrier(alphas, line - 0.5 * alphas * (1 - alphas), 2.0, 1.0) == pytest.approx(0.0)  # convex: 0
+
+
+def gd_by_hand(task, lr: float, steps: int) -> list[torch.Tensor]:
+    p = torch.tensor(task.start, dtype=torch.float64, requires_grad=True)
+    out = [p.detach().clone()]
+    for _ in range(steps):
+        grad, = torch.autograd.grad(task.value(p[0], p[1]), p)
+        p = (p - lr * grad).detach().requires_grad_()
+        out.append(p.detach().clone())
+    return out
+
+
+def test_train_with_snapshots_keeps_every_kth_point_and_the_last():
+    task = make_task("bowl")
+    theta0, res, snaps = L.train_with_snapshots(task, make_rule("gd", lr=0.1), 10, 3, torch.Generator())
+    assert torch.equal(theta0["xy"], torch.tensor(task.start, dtype=theta0["xy"].dtype))
+    assert [s["step"] for s in snaps] == [0, 3, 6, 9, 10] and res.steps_done == 10
+    path = gd_by_hand(task, 0.1, 10)
+    for s in snaps:
+        torch.testing.assert_close(s["params"]["xy"].double(), path[s["step"]], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res.params["xy"].double(), path[10], rtol=1e-5, atol=1e-6)
+    with pytest.warns(RuntimeWarning, match="diverged at step"):
+        _, res, snaps = L.train_with_snapshots(task, make_rule("gd", lr=5.0), 20, 5, torch.Generator())
+    assert res.diverged and snaps[-1]["step"] == res.steps_done < 20 and snaps[-1]["params"] is res.params
+
+
+def test_fixed_loss_is_the_loss_on_the_first_examples_every_time():
+    task = make_task("mlp", dataset="digits", hidden_sizes=[8], activation="tanh", batch_size=None)
+    params = task.init_params(torch.Generator().manual_seed(0))
+    loss = L.fixed_loss(task, "test", 50)
+    assert float(loss(params)) == pytest.approx(task.metrics(params, "test", max_examples=50)["loss"], rel=1e-5)
+    assert torch.equal(loss(params), loss(params))
+    whole = L.fixed_loss(task, "train")
+    assert float(whole(params)) == pytest.approx(task.metrics(params, "train")["loss"], rel=1e-5)
+
+
+def test_slices_of_a_quadratic_match_the_closed_forms():
+    g = torch.Generator().manual_seed(0)
+    start, end = {"w": torch.randn(3, 4, generator=g)}, {"w": torch.randn(3, 4, generator=g)}
+    bend = torch.randn(3, 4, generator=g)
+    snaps = [{"w": start["w"] + t * (end["w"] - start["w"]) + t * (1 - t) * bend} for t in np.linspace(0, 1, 6)]
+    quad = lambda p: 0.5 * (p["w"] ** 2).sum()  # noqa: E731
+    half = lambda p: 0.5 * quad(p)  # noqa: E731  (a different "test" loss)
+    alphas, span = np.linspace(-0.5, 1.5, 9), np.linspace(-1, 1, 5)
+    s = L.slices(quad, half, start, end, snaps, alphas=alphas, span=span, generator=torch.Generator().manual_seed(3),
+                 pca_resolution=4, pca_margin=0.1, chunk_size=3)
+
+    def q(w):
+        return 0.5 * float((w ** 2).sum())
+    np.testing.assert_allclose(s.interpolation_train, [q((1 - a) * start["w"] + a * end["w"]) for a in alphas],
+                               rtol=1e-5)
+    np.testing.assert_allclose(s.interpolation_test, 0.5 * s.interpolation_train, rtol=1e-6)
+    assert s.initial_train_loss == pytest.approx(q(start["w"]), rel=1e-6)
+    assert s.final_train_loss == pytest.approx(q(end["w"]), rel=1e-6)
+    assert s.final_test_loss == pytest.approx(0.5 * q(end["w"]), rel=1e-6)
+    assert s.loss_at_half == pytest.approx(q(0.5 * (start["w"] + end["w"])), rel=1e-5)
+    assert s.barrier == pytest.approx(0.0, abs=1e-5)  # convex: never above the chord
+    assert s.distance == pytest.approx(float((end["w"] - start["w"]).norm()), rel=1e-6)
+    d = torch.Generator().manual_seed(3)  # the directions, drawn again in the same order
+    d1, d2 = L.random_direction(end, d)["w"], L.random_direction(end, d)["w"]
+    assert s.contour.shape == (5, 5) and s.contour[2, 2] == pytest.approx(q(end["w"]), rel=1e-6)
+    assert s.contour[0, 4] == pytest.approx(q(end["w"] + span[4] * d1 + span[0] * d2), rel=1e-5)
+    # the path lies in a plane: two components explain it, and the coordinates rebuild every snapshot
+    assert s.explained_variance.sum() == pytest.approx(1.0, abs=1e-6)
+    pca = L.pca_trajectory(snaps, end)
+    dirs = [p["w"].double() for p in pca.directions]
+    for snap, (a, b) in zip(snaps, s.pca_coords):
+        torch.testing.assert_close(end["w"].double() + a * dirs[0] + b * dirs[1], snap["w"].double(), atol=1e-5,
+                                   rtol=1e-5)
+    xs, ys = s.pca_xs, s.pca_ys
+    assert xs[0] < s.pca_coords[:, 0].min() and xs[-1] > s.pca_coords[:, 0].max() and len(ys) == 4
+    assert s.pca_grid[3, 1] == pytest.approx(q(end["w"] + xs[1] * pca.directions[0]["w"]
+                                               + ys[3] * pca.directions[1]["w"]), rel=1e-5)
+    summary = s.summary()
+    assert summary["loss_at_alpha_0.5"] == s.loss_at_half and summary["contour"] == s.contour.tolist()
+    json.dumps(summary)  # plain numbers and lists only
+
+
+def landscape_config() -> dict:
+    from test_experiments import composed_config
+    return composed_config("loss_landscape")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(record_every=20, steps=20), "record_every=20 is not allowed with steps=20.*needs at least 3"),
+    (lambda c: c["interpolation"].update(alpha_min=0.2), "interpolation.alpha_min=0.2 is not allowed"),
+    (lambda c: c["interpolation"].update(alpha_max=0.5), "interpolation.alpha_max=0.5 is not allowed"),
+    (lambda c: c["pca"].update(margin=-0.1), "pca.margin=-0.1 is not allowed"),
+    (lambda c: c["contour"].update(resolution=2), "contour.resolution=2 is not allowed"),
+    (lambda c: c["contour"].update(spam=1), "contour.spam=1: unknown key"),
+    (lambda c: c.update(vmap="yes"), "vmap='yes' is not allowed"),
+    (lambda c: c.update(eval_examples=0), "eval_examples=0 is not allowed"),
+    (lambda c: c["optimizers"]["sgd"].update(rule="sgdd"), "optimizers.sgd.rule='sgdd' is not allowed"),
+    (lambda c: c["optimizers"]["sgd"].update(lr=-1.0), r"optimizers.sgd \(rule 'sgd'\)"),
+    (lambda c: c["optimizers"]["adam"].pop("rule"), "optimizers.adam=.* is not allowed; allowed: a mapping with"),
+    (lambda c: c["task"].update(name="mlpp"), "task.name='mlpp' is not allowed"),
+])
+def test_landscape_config_is_checked_before_any_work(edit, message):
+    cfg = landscape_config()
+    L.check_config(cfg)  # the shipped config is fine
+    edit(cfg)
+    with pytest.raises(ConfigError, match=message):
+        L.check_config(cfg)
+
+
+def test_build_makes_a_whole_split_landscape_task_without_dropout():
+    cfg = landscape_config()
+    cfg["task"].update(dropout=0.2)
+    task, eval_task, rules = L.build(cfg, torch.device("cpu"))
+    assert task.batch_size == 128 and task.dropout == 0.2
+    assert eval_task.batch_size is None and eval_task.dropout == 0.0
+    assert rules == {"sgd": ("sgd", {"lr": 0.1}), "adam": ("adam", {"lr": 0.003})}
+    cfg["task"].update(hidden_size=3)
+    with pytest.raises(ConfigError, match="task.hidden_size=3: task 'mlp' takes no option"):
+        L.build(cfg, torch.device("cpu"))
 
 
 def run_landscape(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:

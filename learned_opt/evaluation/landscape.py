@@ -24,20 +24,43 @@ Loss evaluations over many points are batched: the points are given as
 coordinates ``c`` (shape ``(N, k)``) in a span ``theta(c) = centre + sum_j c_j d_j``
 and evaluated ``chunk_size`` at a time with ``torch.func.vmap`` under
 ``no_grad`` (a Python loop with ``vmap=False``, for losses vmap cannot trace).
+
+The experiment around the math (a config checked against :data:`SCHEMA`, a network trained from
+``theta_0`` keeping its weights every few steps, losses on a fixed set of examples, and every slice
+of one trained network at once)::
+
+    task, eval_task, rules = build(cfg, device)     # the training task, its whole-split twin, the rules
+    theta0, result, snapshots = train_with_snapshots(task, rule, steps, every, g)
+    s = slices(fixed_loss(eval_task, "train"), fixed_loss(eval_task, "test"), theta0, result.params,
+               [snap["params"] for snap in snapshots], alphas=alphas, span=span, generator=g_dir)
+    s.barrier, s.contour, s.pca_grid, s.summary()   # numbers, grids, a JSON-able dict
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from baselines import RULES
+from baselines.base import UpdateRule
+
+from ..schema import (WANDB, ConfigError, Field, boolean, check, check_call, check_choice, delegated,
+                      device as device_field, integer, number, optional)
+from ..tasks import TASKS
+from ..tasks.base import Task
+from ..unroll import UnrollResult, unroll
+from ..utils import generator as seeded_generator
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Params], Tensor]
 
 __all__ = ["flatten", "unflatten", "filter_normalize", "random_direction", "combine", "losses_at",
-           "interpolate_1d", "grid_2d", "PCAResult", "pca_trajectory"]
+           "interpolate_1d", "grid_2d", "PCAResult", "pca_trajectory", "SCHEMA", "check_config", "build",
+           "fixed_batch", "fixed_loss", "train_with_snapshots", "grid_around", "barrier", "Slices", "slices"]
 
 
 # --------------------------------------------------------------------------- vectors of parameters
@@ -239,3 +262,195 @@ def pca_trajectory(trajectory: Sequence[Params], final: Params, n_components: in
     dtype = next(iter(final.values())).dtype
     return PCAResult(directions=[unflatten(c.to(dtype), final) for c in components],
                      coords=coords.to(dtype), explained_variance_ratio=ratio.to(dtype))
+
+
+# --------------------------------------------------------------------------- the experiment: config and training
+
+POSITIVE = number(0, low_open=True)
+SCHEMA = {  # the fields of configs/loss_landscape.yaml; task and optimizers are checked by their constructors
+    "seed": Field(integer(0)), "steps": Field(integer(1)), "record_every": Field(integer(1)),
+    "device": Field(device_field), "task": Field(delegated, required=True),
+    "optimizers": Field(delegated, required=True),
+    "eval_examples": Field(optional(integer(1))), "chunk_size": Field(integer(1)), "vmap": Field(boolean),
+    "interpolation": {"alpha_min": Field(number(high=0)), "alpha_max": Field(number(1)), "points": Field(integer(3)),
+                      "logy": Field(boolean)},
+    "contour": {"span": Field(POSITIVE), "resolution": Field(integer(3)), "ignore_biases": Field(boolean)},
+    "pca": {"resolution": Field(integer(3)), "margin": Field(number(0)), "center": Field(boolean)},
+    "num_levels": Field(integer(2)),
+    "figure": {"width": Field(POSITIVE), "height": Field(POSITIVE), "dpi": Field(POSITIVE)},
+    "wandb": WANDB,
+}
+
+
+def check_config(cfg: dict) -> None:
+    """Check the config (a plain dict) against :data:`SCHEMA`, that the kept weights are enough for the
+    trajectory's PCA, and that every optimizer entry names a rule its hyperparameters fit."""
+    check(cfg, SCHEMA)
+    steps, every = cfg["steps"], cfg["record_every"]
+    snapshots = steps // every + (1 if steps % every == 0 else 2)  # steps 0, k, 2k, ... plus the final weights
+    if snapshots < 3:
+        raise ConfigError(f"record_every={every} is not allowed with steps={steps}: it keeps {snapshots} "
+                          f"snapshots and the PCA of the trajectory needs at least 3; allowed: record_every < steps "
+                          f"(and steps >= 2)")
+    optimizers = cfg["optimizers"]
+    if not isinstance(optimizers, Mapping) or not optimizers:
+        raise ConfigError(f"optimizers={optimizers!r} is not allowed; allowed: a non-empty mapping label -> "
+                          f"{{rule, hyperparameters}}")
+    for label, entry in optimizers.items():
+        if not isinstance(entry, Mapping) or "rule" not in entry:
+            raise ConfigError(f"optimizers.{label}={entry!r} is not allowed; allowed: a mapping with `rule` (one of "
+                              f"{', '.join(RULES)}) and its hyperparameters")
+        name = check_choice(f"optimizers.{label}.rule", entry["rule"], tuple(RULES))
+        hparams = {k: v for k, v in entry.items() if k != "rule"}
+        check_call(f"optimizers.{label}", f"rule {name!r}", RULES[name], hparams)
+    if not isinstance(cfg["task"], Mapping):
+        raise ConfigError(f"task={cfg['task']!r} is not allowed; allowed: a mapping with `name` and the task's options")
+    check_choice("task.name", cfg["task"].get("name"), tuple(TASKS))
+
+
+def build(cfg: dict, device: torch.device) -> tuple[Task, Task, dict[str, tuple[str, dict]]]:
+    """Check the config (:func:`check_config`) and build the training task, its landscape twin (whole
+    splits, no dropout: every loss evaluation sees the same examples) and label -> (rule name,
+    hyperparameters) per optimizer."""
+    check_config(cfg)
+    task_cfg = {k: v for k, v in cfg["task"].items() if k != "name"}
+    name = cfg["task"]["name"]
+    task = check_call("task", f"task {name!r}", TASKS[name], task_cfg, inject={"device": device})
+    eval_cfg = {**task_cfg, "batch_size": None, **({"dropout": 0.0} if "dropout" in task_cfg else {})}
+    eval_task = check_call("task", f"task {name!r}", TASKS[name], eval_cfg, inject={"device": device})
+    rules = {label: (entry["rule"], {k: v for k, v in entry.items() if k != "rule"})
+             for label, entry in cfg["optimizers"].items()}
+    return task, eval_task, rules
+
+
+def fixed_batch(task: Task, split: str, n: int | None = None) -> tuple:
+    """The first ``n`` examples of ``split`` (all with None) of a task built with ``batch_size=None``:
+    a batch that is the same at every call."""
+    batch = task.sample_batch(seeded_generator(0), split)  # the whole split: nothing is drawn
+    return batch if n is None else tuple(t[:n] for t in batch)
+
+
+def fixed_loss(task: Task, split: str, n: int | None = None) -> LossFn:
+    """``params -> task.loss(params, fixed_batch(task, split, n))``."""
+    batch = fixed_batch(task, split, n)
+    return lambda params: task.loss(params, batch)
+
+
+def train_with_snapshots(task: Task, rule: UpdateRule, steps: int, every: int, generator: torch.Generator, *,
+                         progress: bool | str = False) -> tuple[Params, UnrollResult, list[dict]]:
+    """Train ``steps`` updates from ``task.init_params(generator)`` through ``unroll`` (batches from the
+    same generator), keeping a copy of the weights every ``every`` steps and after the last update.
+
+    Returns ``(theta_0, result, snapshots)``, each snapshot ``{"step", "params"}``. A run that diverges
+    warns and ends its snapshots with its last finite weights (``result.params``).
+    """
+    params = task.init_params(generator)
+
+    def keep(step: int, p: Params, loss: Tensor) -> dict:
+        return {"step": step, "params": {k: v.detach().clone() for k, v in p.items()}}
+
+    res = unroll(task, rule, params, rule.init(params), steps, generator, callback=keep, callback_every=every,
+                 progress=progress)
+    if res.diverged:
+        warnings.warn(f"{progress or 'training'} diverged at step {res.diverged_at} ({res.reason}); the landscape "
+                      f"is drawn around its last finite weights", RuntimeWarning, stacklevel=2)
+        res.records.append({"step": res.steps_done, "params": res.params})
+    return params, res, res.records
+
+
+def grid_around(coords: np.ndarray, margin: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Axis grids of ``n`` points covering the points ``coords`` ``(T, 2)`` and the origin, widened on each
+    side by ``margin`` times their extent along that axis."""
+    axes = []
+    for k in range(2):
+        lo, hi = min(coords[:, k].min(), 0.0), max(coords[:, k].max(), 0.0)
+        pad = margin * max(hi - lo, 1e-8)
+        axes.append(np.linspace(lo - pad, hi + pad, n))
+    return axes[0], axes[1]
+
+
+def barrier(alphas: np.ndarray, losses: np.ndarray, start_loss: float, end_loss: float) -> float:
+    """The largest rise of ``losses`` (at ``alphas``) above the straight line from ``start_loss`` at
+    alpha = 0 to ``end_loss`` at alpha = 1, over the alphas in ``[0, 1]`` (0 or less: no barrier)."""
+    alphas, losses = np.asarray(alphas), np.asarray(losses)
+    inside = (alphas >= 0) & (alphas <= 1)
+    return float(np.max(losses[inside] - ((1 - alphas[inside]) * start_loss + alphas[inside] * end_loss)))
+
+
+# --------------------------------------------------------------------------- every slice of one network
+
+
+@dataclass
+class Slices:
+    """The landscape of one trained network (:func:`slices`). Grids are ``(len(ys), len(xs))``."""
+
+    alphas: np.ndarray               # interpolation: loss at (1 - alpha) theta_0 + alpha theta_T
+    interpolation_train: np.ndarray
+    interpolation_test: np.ndarray
+    initial_train_loss: float        # at theta_0 and theta_T, on the interpolation's path
+    final_train_loss: float
+    final_test_loss: float
+    loss_at_half: float              # train loss at alpha = 0.5
+    barrier: float                   # see barrier()
+    span: np.ndarray                 # random directions: loss at theta_T + a d1 + b d2, a and b in span
+    contour: np.ndarray
+    pca_coords: np.ndarray           # the trajectory in the plane of its top two principal directions
+    explained_variance: np.ndarray   # their fractions of the trajectory's variance
+    pca_xs: np.ndarray               # the grid around the projected trajectory and its losses
+    pca_ys: np.ndarray
+    pca_grid: np.ndarray
+    distance: float                  # |theta_T - theta_0|
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers as a JSON-able dict."""
+        return {"final_train_loss": self.final_train_loss, "initial_train_loss": self.initial_train_loss,
+                "final_test_loss": self.final_test_loss, "loss_at_alpha_0.5": self.loss_at_half,
+                "barrier": self.barrier, "explained_variance": self.explained_variance.tolist(),
+                "distance_init_to_final": self.distance, "alphas": self.alphas.tolist(),
+                "interpolation_train": self.interpolation_train.tolist(),
+                "interpolation_test": self.interpolation_test.tolist(), "contour_span": self.span.tolist(),
+                "contour": self.contour.tolist(), "pca_xs": self.pca_xs.tolist(), "pca_ys": self.pca_ys.tolist(),
+                "pca_grid": self.pca_grid.tolist(), "pca_coords": self.pca_coords.tolist()}
+
+
+def slices(train_loss: LossFn, test_loss: LossFn, start: Params, end: Params, snapshots: Sequence[Params], *,
+           alphas: Sequence[float], span: Sequence[float], generator: torch.Generator, ignore_biases: bool = True,
+           pca_resolution: int = 41, pca_margin: float = 0.25, pca_center: bool = True,
+           chunk_size: int | None = 256, vmap: bool = True, progress: str | None = None) -> Slices:
+    """Every slice of the landscape around the trained weights ``end`` (Li et al. 2018):
+
+    1. the train and test loss along ``(1 - alpha) start + alpha end`` for ``alphas`` (with the loss at
+       the endpoints and at alpha = 0.5 on the same path, and the :func:`barrier`);
+    2. the train loss at ``end + a d1 + b d2`` for ``a, b`` in ``span``, ``d1`` and ``d2`` random
+       filter-normalised directions drawn in that order from ``generator``;
+    3. the train loss in the plane of the top two principal directions of ``snapshots - end``, on a
+       ``pca_resolution`` grid around the projected trajectory (:func:`grid_around`, ``pca_margin``).
+
+    ``progress``: a label for progress bars (None: none).
+    """
+    batched = {"chunk_size": chunk_size, "vmap": vmap}
+    bar = (lambda what: f"{progress}: {what}") if progress else (lambda what: False)
+    alphas, span = np.asarray(alphas), np.asarray(span)
+    l0, l1 = interpolate_1d(train_loss, start, end, [0.0, 1.0], **batched).tolist()  # the same path as below
+    with torch.no_grad():
+        final_test = float(test_loss(end))
+    interp_train = interpolate_1d(train_loss, start, end, alphas, **batched,
+                                  progress=bar("interpolation")).cpu().numpy()
+    interp_test = interpolate_1d(test_loss, start, end, alphas, **batched).cpu().numpy()
+    mid = float(interpolate_1d(train_loss, start, end, [0.5], **batched)[0])
+
+    d1 = random_direction(end, generator, ignore_biases=ignore_biases)
+    d2 = random_direction(end, generator, ignore_biases=ignore_biases)
+    z_rand = grid_2d(train_loss, end, d1, d2, span, span, **batched,
+                     progress=bar("random-direction grid")).cpu().numpy()
+
+    pca = pca_trajectory(list(snapshots), end, n_components=2, center=pca_center)
+    coords = pca.coords.double().cpu().numpy()
+    xs, ys = grid_around(coords, pca_margin, pca_resolution)
+    z_pca = grid_2d(train_loss, end, pca.directions[0], pca.directions[1], xs, ys, **batched,
+                    progress=bar("PCA-plane grid")).cpu().numpy()
+    return Slices(alphas=alphas, interpolation_train=interp_train, interpolation_test=interp_test,
+                  initial_train_loss=l0, final_train_loss=l1, final_test_loss=final_test, loss_at_half=mid,
+                  barrier=barrier(alphas, interp_train, l0, l1), span=span, contour=z_rand, pca_coords=coords,
+                  explained_variance=pca.explained_variance_ratio.double().cpu().numpy(), pca_xs=xs, pca_ys=ys,
+                  pca_grid=z_pca, distance=float((flatten(end) - flatten(start)).norm()))
