@@ -1,13 +1,12 @@
 """The lecture's experiments (Adam paper figures, CLR, restarts + snapshot ensembles), end to end on tiny configs.
 
 Each script runs in a subprocess with tiny overrides (the structure of its outputs is checked, not the
-numbers); the range-test bounds are also checked directly, and the restarts procedure's config checks and
-verdicts through its library module (its epoch training and snapshot ensembles have their own tests:
-test_epochs.py, test_ensembles.py).
+numbers); the restarts procedure's config checks and verdicts are also checked through its library module
+(its epoch training and snapshot ensembles have their own tests: test_epochs.py, test_ensembles.py), as the
+CLR procedure is in test_range_test.py and test_cyclical.py.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONHASHSEED": "0"}
@@ -54,13 +52,6 @@ def assert_figure(path: Path, min_bytes: int = 20_000) -> None:
 
 def assert_wandb_run(run_dir: Path) -> None:
     assert list((run_dir / "wandb").glob("offline-run-*")), f"no offline W&B run under {run_dir / 'wandb'}"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"lecture_{name}", ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --------------------------------------------------------------------------- end to end
@@ -190,23 +181,3 @@ def test_restarts_verdicts_are_points_of_accuracy_with_the_ensemble_as_subject()
                                    "best single snapshot (by validation loss)",
                                    "best single snapshot (by test accuracy, optimistic)",
                                    "snapshot ensemble (last 3 of 3, mean softmax)"]
-
-
-def test_range_test_bounds_are_ordered_and_the_steps_go_through_unroll(monkeypatch):
-    clr = load_script("clr")
-    from learned_opt.tasks import make_task
-    task = make_task("mlp", dataset="digits", hidden_sizes=[16], activation="relu", batch_size=64)
-    calls = []
-    real = clr.unroll
-
-    def counting_unroll(*args, **kwargs):
-        calls.append(args[4])  # steps
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(clr, "unroll", counting_unroll)
-    res = clr.range_test(task, "nesterov", {"momentum": 0.9}, seed=0, device=torch.device("cpu"), progress=False,
-                         min_lr=1e-4, max_lr=10.0, num_steps=60, smooth=0.1)
-    assert 0 < res.suggested_min_lr < res.suggested_max_lr
-    assert all(a < b for a, b in zip(res.lrs, res.lrs[1:]))
-    assert calls and set(calls) == {1} and len(calls) == len(res.lrs)  # one unroll step per lr
-    assert res.smoothed[0] > min(res.smoothed)  # the loss fell somewhere in the range

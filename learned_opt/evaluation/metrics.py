@@ -7,7 +7,7 @@ are missing, NaN in arrays) and counts as failing every target.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +33,13 @@ def steps_to_target(curve: Sequence[float], target: float, smooth: int = 1) -> f
         c = np.concatenate([np.full(smooth - 1, np.nan), np.convolve(c, kernel, mode="valid")])
     hits = np.nonzero(c <= target)[0]
     return float(hits[0] + 1) if hits.size else math.inf
+
+
+def steps_to_accuracy(evals: Sequence[Mapping[str, float]], target: float, key: str = "test_accuracy") -> float:
+    """Updates done (``step``) at the first periodic evaluation whose ``key`` reaches ``target``; inf if
+    none does (an evaluation without ``key``, or with NaN there, never counts)."""
+    hits = [e["step"] for e in evals if e.get(key, -math.inf) >= target]
+    return float(hits[0]) if hits else math.inf
 
 
 def final(curve: Sequence[float], budget: int, last: int = 1) -> float:
