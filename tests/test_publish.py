@@ -1,14 +1,9 @@
-"""experiments/publish.py: a README block is rewritten from a run's files, and nothing else changes."""
+"""learned_opt.evaluation.publish: a README block is rewritten from a run's files, and nothing else changes."""
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("publish", Path(__file__).resolve().parents[1] / "experiments" / "publish.py")
-publish = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(publish)
+from learned_opt.evaluation import publish
 
 
 def test_block_is_replaced_with_tables_sections_and_figures(tmp_path):
@@ -34,9 +29,9 @@ def test_missing_block_or_table_fails_clearly(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "table.md").write_text("## Claims\n| a |\n")
-    with pytest.raises(SystemExit, match="no block"):
+    with pytest.raises(ValueError, match="no block"):
         publish.publish("demo", run, None, [], ["table.md"], root=tmp_path)
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         publish.publish("demo", run, None, [], ["missing.md"], root=tmp_path)
 
 
