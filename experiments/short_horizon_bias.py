@@ -23,47 +23,19 @@ from omegaconf import DictConfig, OmegaConf
 from learned_opt.evaluation.plots import plot_meta_learned_lr
 from learned_opt.evaluation.sweep import lr_sweep
 from learned_opt.evaluation.report import markdown_table
-from learned_opt.meta import ESTIMATORS, meta_train
-from learned_opt.meta.trainer import check_config
+from learned_opt.meta import meta_train
+from learned_opt.meta.short_horizon import check_config, final_lr, meta_config
 from learned_opt.runlog import RunLogger, read_metrics
-from learned_opt.schema import (WANDB, Field, check, choice, delegated, device as device_field, integer, list_of,
-                                number, optional)
 from learned_opt.tasks import make_task
 from learned_opt.utils import atomic_write_text, resolve_device
-
-POSITIVE = number(0, low_open=True)
-SCHEMA = {  # the fields of configs/short_horizon_bias.yaml; meta, es and pes are checked as meta-training's
-    "seed": Field(integer(0)), "device": Field(device_field), "threads": Field(optional(integer(1))),
-    "task": Field(delegated), "horizon": Field(integer(1)), "initial_lr": Field(POSITIVE),
-    "estimators": Field(list_of(choice(*ESTIMATORS), nonempty=True, distinct=True)),
-    "meta": Field(delegated), "es": Field(delegated), "pes": Field(delegated),
-    "grid": {"lrs": Field(integer(2)), "low": Field(POSITIVE), "high": Field(POSITIVE), "seeds": Field(integer(1))},
-    "wandb": WANDB,
-}
-
-
-def meta_config(cfg: dict, estimator: str) -> dict:
-    """The meta-training config that learns SGD's lr on the task with ``estimator``."""
-    task = dict(cfg["task"])
-    return {"seed": cfg["seed"], "device": cfg["device"], "distributed": False, "progress": True,
-            "optimizer": {"name": "learned_sgd", "lr": cfg["initial_lr"], "momentum": 0.0, "steps": 1},
-            "family": {"name": "single_task", "task": task.pop("name"), **task},
-            "meta": {**cfg["meta"], "estimator": estimator, "horizon": cfg["horizon"], "optimizer": "adam",
-                     "clip_grad_norm": None, "divergence_factor": 1e3, "population": cfg["meta"]["tasks_per_step"]},
-            "es": cfg["es"], "pes": cfg["pes"], "checkpoint_every": 100, "validation": {"every": 0},
-            "wandb": {"mode": "disabled"}}
 
 
 @hydra.main(config_path="../configs", config_name="short_horizon_bias", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     c = OmegaConf.to_container(cfg, resolve=True)
-    check(c, SCHEMA)
-    for name in c["estimators"]:
-        check_config(meta_config(c, name))
+    check_config(c)
     grid = c["grid"]
-    if not grid["low"] < grid["high"]:
-        raise ValueError(f"grid.low={grid['low']!r}, grid.high={grid['high']!r}: need low < high")
     device = resolve_device(c["device"])
     if c["threads"] is not None:
         torch.set_num_threads(c["threads"])
@@ -91,8 +63,7 @@ def main(cfg: DictConfig) -> None:
 
     rows, results = [], {}
     for name, (steps, values) in histories.items():
-        tail = values[-max(1, len(values) // 10):]                   # the last 10% of meta-steps
-        final = float(np.exp(np.mean(np.log(tail))))
+        final = final_lr(values)                                      # over the last 10% of meta-steps
         objective = float(task.expected_losses(final, c["horizon"]).mean()) if exact is not None else float("nan")
         results[name] = {"final_lr": final, "full_horizon_loss": objective, "seconds": seconds[name]}
         rows.append([name, final, final / best, objective, f"{seconds[name]:.0f}"])
