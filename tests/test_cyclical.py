@@ -14,7 +14,7 @@ import torch
 from test_experiments import composed_config
 
 from baselines import CyclicLR, RangeTestResult, make_rule
-from learned_opt.evaluation import cyclical
+from learned_opt.evaluation import cyclical, suite
 from learned_opt.evaluation.cyclical import (ADAM, CLR, FIXED, ClrResult, Variant, check_config, clr_bounds,
                                              cycle_budget, run_clr, variant_metrics)
 from learned_opt.evaluation.metrics import steps_to_accuracy
@@ -109,7 +109,7 @@ def test_clr_bounds_scale_the_upper_bound_and_refuse_an_empty_range():
 def test_bad_config_fails_in_check_config_before_any_task_is_built(monkeypatch, change, message):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the config was checked")
-    monkeypatch.setattr(cyclical, "TASKS", {name: no_work for name in cyclical.TASKS})
+    monkeypatch.setattr(suite, "TASKS", {name: no_work for name in suite.TASKS})  # (build_task's)
     with pytest.raises(ConfigError) as e:
         check_config(config(**change))
     assert message in str(e.value)
@@ -120,7 +120,7 @@ def test_a_bad_tuning_method_stops_run_clr_before_any_work(monkeypatch, tmp_path
         raise AssertionError("work started before the config was checked")
     for name in ("range_test", "tune", "run_cell"):
         monkeypatch.setattr(cyclical, name, no_work)
-    monkeypatch.setattr(cyclical, "TASKS", {name: no_work for name in cyclical.TASKS})
+    monkeypatch.setattr(suite, "TASKS", {name: no_work for name in suite.TASKS})  # (build_task's)
     with pytest.raises(ConfigError, match="tuning.method='bayes' is not allowed"):
         run_clr(config(**{"tuning.method": "bayes"}), tuning_dir=tmp_path / "tuning", progress=False)
     assert not (tmp_path / "tuning").exists()

@@ -140,12 +140,12 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, script, override, mess
 def test_restarts_config_is_checked_before_any_task_is_built(monkeypatch, change, message):
     from test_experiments import composed_config
 
-    from learned_opt.evaluation import restarts
+    from learned_opt.evaluation import restarts, suite
     from learned_opt.schema import ConfigError
 
     def no_work(*args, **kwargs):
         raise AssertionError("a task was built before the config was checked")
-    monkeypatch.setattr(restarts, "TASKS", {name: no_work for name in restarts.TASKS})
+    monkeypatch.setattr(suite, "TASKS", {name: no_work for name in suite.TASKS})  # (build_task's)
     monkeypatch.setattr(restarts, "validation_task", no_work)
     with pytest.raises(ConfigError) as e:
         restarts.check_config({**composed_config("restarts", resolve=True), **change})

@@ -31,15 +31,14 @@ import torch
 from baselines import RULES, CyclicLR, RangeTestResult, make_rule
 
 from ..schema import (RUN, WANDB, ConfigError, Field, boolean, check, check_call, check_lr_range, choice, delegated,
-                      integer, list_of, number, optional)
-from ..tasks import TASKS
+                      integer, number, optional)
 from ..tasks.base import Task
 from ..utils import resolve_device
 from .metrics import padded, steps_to_accuracy, steps_to_target
 from .range_test import range_test
 from .report import compare, markdown_table, mean_std, smooth
 from .results import CellResult, loss_curves
-from .suite import TUNING_METHODS, TUNING_OBJECTIVES, OptimizerSpec, run_cell, tune
+from .suite import TUNING, OptimizerSpec, build_task, run_cell, tune
 
 __all__ = ["CLR", "ADAM", "FIXED", "VARIANTS", "BANDS", "SCHEMA", "check_config", "cycle_budget", "clr_bounds",
            "clr_schedule", "variant_metrics", "Variant", "ClrResult", "run_clr", "plot_comparison"]
@@ -78,15 +77,7 @@ SCHEMA = {  # the fields of configs/clr.yaml
     },
     "adam": {"tune": Field(boolean), "lr": Field(number(0)), "grid": Field(check_lr_range)},
     "fixed": {"momentum": Field(MOMENTUM), "grid": Field(check_lr_range)},
-    "tuning": {
-        "method": Field(choice(*TUNING_METHODS)),
-        "budget": Field(integer(2)),
-        "seeds": Field(list_of(integer(), nonempty=True, distinct=True)),
-        "objective": Field(choice(*TUNING_OBJECTIVES)),
-        "val_fraction": Field(number(0, 1, low_open=True, high_open=True)),
-        "split_seed": Field(integer(0)),
-        "seed": Field(integer(0)),
-    },
+    "tuning": {**TUNING, "budget": Field(integer(2))},  # a grid of at least 2 lrs
     "targets": {"test_accuracy": Field(number(0, 1, low_open=True)), "train_loss": Field(number(0, low_open=True)),
                 "smooth": Field(integer(1))},
     "figure": {"smooth": Field(integer(1)), "band": Field(choice(*BANDS)), "dpi": Field(integer(1))},
@@ -116,16 +107,7 @@ def check_config(cfg: dict) -> tuple[torch.device, Task]:
     check_call("fixed", "rule 'nesterov'", RULES["nesterov"], {"momentum": cfg["fixed"]["momentum"]},
                inject={"lr": 1e-3})
     device = resolve_device(cfg["device"])
-    spec = cfg["task"]
-    if not isinstance(spec, dict) or spec.get("name") not in TASKS:
-        raise ConfigError(f"task={spec!r} is not allowed; allowed: a mapping with `name` (one of "
-                          f"{', '.join(TASKS)}) and that task's options")
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    task = check_call("task", f"task {spec['name']!r}", TASKS[spec["name"]], kwargs, inject={"device": device})
-    if not task.is_classifier:
-        raise ConfigError(f"task.name={spec['name']!r} is not allowed; allowed: a classifier (mlp, logreg, conv): "
-                          f"the comparison reports test accuracy")
-    return device, task
+    return device, build_task("task", cfg["task"], device, classifier=True)  # it reports test accuracy
 
 
 def cycle_budget(task: Task, clr_cfg: dict) -> tuple[int, int, int]:

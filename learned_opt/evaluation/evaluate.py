@@ -32,15 +32,15 @@ import torch
 
 from ..runlock import RunLock
 from ..runlog import RunLogger, check_wandb_config
-from ..schema import (WANDB, ConfigError, Field, boolean, check, choice, delegated, device as device_field, integer,
-                      list_of, number, optional, section)
+from ..schema import (WANDB, ConfigError, Field, boolean, check, delegated, device as device_field, integer, list_of,
+                      optional, section)
 from ..tasks import make_task
 from ..utils import atomic_write_text, resolve_device
 from . import metrics as M
 from .plots import plot_curves
-from .suite import (TUNING_METHODS, TUNING_OBJECTIVES, OptimizerSpec, budget, parse_optimizers, parse_suite,
-                    read_sealed, run_cell, task_kwargs, tune, write_sealed)
 from .report import markdown_table
+from .suite import (TUNING, OptimizerSpec, budget, parse_optimizers, parse_suite, read_sealed, run_cell, task_kwargs,
+                    tune, write_sealed)
 from .results import CellResult, loss_curves
 
 REFERENCE = "adam@tuned"  # the normalising reference, learned_optimization style
@@ -69,15 +69,7 @@ SCHEMA = {
     "eval_examples": Field(optional(integer(1))),    # null: all
     "progress": Field(boolean),
     "resume": Field(boolean),
-    "tuning": {
-        "method": Field(choice(*TUNING_METHODS)),
-        "budget": Field(integer(1)),
-        "seeds": Field(list_of(integer(), distinct=True), required=True),
-        "objective": Field(choice(*TUNING_OBJECTIVES)),
-        "val_fraction": Field(number(0, 1, low_open=True, high_open=True)),
-        "split_seed": Field(integer(0)),
-        "seed": Field(integer(0)),
-    },
+    "tuning": TUNING,
     "suite": Field(delegated, required=True),       # parse_suite: each task's own constructor
     "optimizers": Field(delegated, required=True),  # parse_optimizers: each rule's constructor
     "wandb": Field(optional(section(WANDB))),
@@ -90,8 +82,6 @@ def check_config(cfg: dict, device: torch.device) -> tuple[list[OptimizerSpec], 
     check(cfg, SCHEMA)
     if not cfg.get("seeds"):
         raise ValueError("seeds is empty: give the evaluation seeds, e.g. [100, 101, 102]")
-    if not cfg["tuning"]["seeds"]:
-        raise ConfigError("tuning.seeds is empty: give the tuning seeds, e.g. [0, 1]")
     if set(cfg["seeds"]) & set(cfg["tuning"]["seeds"]):
         raise ValueError(f"tuning.seeds {cfg['tuning']['seeds']} overlap the evaluation seeds {cfg['seeds']}: "
                          f"tune on other seeds than you report")

@@ -54,6 +54,7 @@ from ..tasks import TASKS
 from ..tasks.base import Task
 from ..unroll import UnrollResult, unroll
 from ..utils import generator as seeded_generator
+from .suite import build_task
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Params], Tensor]
@@ -313,11 +314,9 @@ def build(cfg: dict, device: torch.device) -> tuple[Task, Task, dict[str, tuple[
     splits, no dropout: every loss evaluation sees the same examples) and label -> (rule name,
     hyperparameters) per optimizer."""
     check_config(cfg)
-    task_cfg = {k: v for k, v in cfg["task"].items() if k != "name"}
-    name = cfg["task"]["name"]
-    task = check_call("task", f"task {name!r}", TASKS[name], task_cfg, inject={"device": device})
-    eval_cfg = {**task_cfg, "batch_size": None, **({"dropout": 0.0} if "dropout" in task_cfg else {})}
-    eval_task = check_call("task", f"task {name!r}", TASKS[name], eval_cfg, inject={"device": device})
+    task = build_task("task", cfg["task"], device)
+    eval_task = build_task("task", cfg["task"], device, batch_size=None,
+                           **({"dropout": 0.0} if "dropout" in cfg["task"] else {}))
     rules = {label: (entry["rule"], {k: v for k, v in entry.items() if k != "rule"})
              for label, entry in cfg["optimizers"].items()}
     return task, eval_task, rules

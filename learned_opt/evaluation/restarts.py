@@ -27,13 +27,12 @@ import torch
 from baselines import RULES, CosineWarmRestarts, ReduceOnPlateau, SnapshotCollector, make_rule
 
 from ..schema import RUN, WANDB, ConfigError, Field, check, check_call, choice, delegated, integer, number, optional
-from ..tasks import TASKS
 from ..tasks.base import Task
 from ..utils import resolve_device
 from .ensembles import ensemble_probs, ensemble_size, score_snapshots, scores
 from .epochs import EpochRun, steps_per_epoch, train_epochs
 from .report import markdown_table, mean_std, paired_difference
-from .suite import validation_task
+from .suite import build_task, validation_task
 
 __all__ = ["FIXED", "PLATEAU", "SGDR", "VARIANTS", "LABELS", "RULES_ALLOWED", "BANDS", "SCHEMA", "check_config",
            "RestartsResult", "run_restarts"]
@@ -83,16 +82,8 @@ def check_config(cfg: dict) -> tuple[torch.device, Task, Task]:
         raise ConfigError(f"sgdr.cycle_epochs={s['cycle_epochs']} is not allowed; allowed: an integer <= "
                           f"epochs={cfg['epochs']} (no cycle would end, so there would be no snapshot)")
     device = resolve_device(cfg["device"])
-    spec = cfg["task"]
-    if not isinstance(spec, dict) or spec.get("name") not in TASKS:
-        raise ConfigError(f"task={spec!r} is not allowed; allowed: a mapping with `name` (one of "
-                          f"{', '.join(TASKS)}) and that task's options")
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    task = check_call("task", f"task {spec['name']!r}", TASKS[spec["name"]], kwargs, inject={"device": device})
-    if not task.is_classifier or not hasattr(task, "logits"):
-        raise ConfigError(f"task.name={spec['name']!r} is not allowed; allowed: a classifier with logits "
-                          f"(mlp, logreg, conv)")
-    return device, task, validation_task(dict(spec), device, cfg["val_fraction"], cfg["split_seed"])
+    task = build_task("task", cfg["task"], device, classifier=True)
+    return device, task, validation_task(dict(cfg["task"]), device, cfg["val_fraction"], cfg["split_seed"])
 
 
 def sgdr_schedule(cfg: dict, steps_per_epoch: int) -> CosineWarmRestarts:

@@ -35,6 +35,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ import torch
 from baselines import RULES, make_rule
 from baselines.base import UpdateRule
 
-from ..schema import ConfigError, boolean, check_call, check_choice, check_int, number
+from ..schema import (ConfigError, Field, boolean, check_call, check_choice, check_int, choice, integer, list_of,
+                      number)
 from ..tasks import TASKS, make_task
 from ..tasks.base import Task
 from ..tasks.datasets import Dataset
@@ -53,6 +55,16 @@ from .results import CellResult
 
 TUNING_METHODS = ("grid", "random")
 TUNING_OBJECTIVES = ("final_val_loss", "mean_train_loss", "final_train_loss")
+# The `tuning:` block of a config (configs/tuning/grid.yaml), as :func:`tune` reads it.
+TUNING = {
+    "method": Field(choice(*TUNING_METHODS)),
+    "budget": Field(integer(1)),
+    "seeds": Field(list_of(integer(), nonempty=True, distinct=True), required=True),
+    "objective": Field(choice(*TUNING_OBJECTIVES)),
+    "val_fraction": Field(number(0, 1, low_open=True, high_open=True)),
+    "split_seed": Field(integer(0)),
+    "seed": Field(integer(0)),
+}
 FAMILY_TAGS = {"gd": "sgd-family", "sgd": "sgd-family", "momentum": "sgd-family", "nesterov": "sgd-family",
                "adagrad": "adaptive", "rmsprop": "adaptive", "adam": "adaptive", "adamw": "adaptive",
                "adadelta": "adaptive"}
@@ -162,6 +174,21 @@ EVAL_KEYS = ("steps", "target_loss", "requires_files")
 def task_kwargs(spec: dict) -> dict:
     """The ``make_task`` arguments of a suite entry (without its evaluation settings)."""
     return {k: v for k, v in spec.items() if k not in EVAL_KEYS}
+
+
+def build_task(path: str, spec: Any, device: torch.device, classifier: bool = False, **changes: Any) -> Task:
+    """The task a config entry at ``path`` names (a mapping: ``name`` and the task's options, ``changes``
+    applied on top), built on ``device``; a :class:`ConfigError` naming ``path`` for an unknown name, an
+    option the task does not take or a bad value, or (``classifier``) a task that reports no accuracy."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}={spec!r} is not allowed; allowed: a mapping with `name` and the task's options")
+    name = check_choice(f"{path}.name", spec.get("name"), tuple(TASKS))
+    kwargs = {**{k: v for k, v in spec.items() if k != "name"}, **changes}
+    task = check_call(path, f"task {name!r}", TASKS[name], kwargs, inject={"device": device})
+    if classifier and not (task.is_classifier and hasattr(task, "logits")):
+        raise ConfigError(f"{path}.name={name!r} is not allowed; allowed: a classifier with logits (mlp, logreg, "
+                          f"conv)")
+    return task
 
 
 def budget(spec: dict, cfg: dict) -> int:
