@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.base import Params, State, UpdateRule
+from baselines.checks import check_choice, check_int, check_number
 
 from .tasks.base import Task
 
@@ -115,12 +116,9 @@ def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: in
         on_divergence: ``"stop"`` (the whole run stops at the first bad loss) or ``"freeze"``
             (populations without a graph: bad members are frozen, the rest go on).
     """
-    if steps < 0:
-        raise ValueError(f"steps={steps} must be >= 0")
-    if on_divergence not in ("stop", "freeze"):
-        raise ValueError(f"on_divergence={on_divergence!r} is not allowed; allowed: stop, freeze")
-    if divergence_factor <= 1:
-        raise ValueError(f"divergence_factor={divergence_factor} must be > 1")
+    check_int("steps", steps, 0)
+    check_choice("on_divergence", on_divergence, ("stop", "freeze"))
+    check_number("divergence_factor", divergence_factor, 1, low_open=True)
     graph = needs_graph(rule, params, state) if differentiable is None else differentiable
     if graph and not torch.is_grad_enabled():
         raise RuntimeError("differentiable=True inside torch.no_grad(): enable grad mode to unroll differentiably")

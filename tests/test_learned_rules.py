@@ -443,7 +443,7 @@ def test_mlp_optimizer_is_scale_invariant_by_default_and_equivariant_with_grad_r
 
 
 def test_unknown_step_scale_is_rejected():
-    with pytest.raises(ValueError, match="step_scale='adam' is not one of none, grad_rms"):
+    with pytest.raises(ValueError, match="step_scale='adam' is not allowed; allowed: none, grad_rms"):
         MLPOptimizer(step_scale="adam")
     with pytest.raises(ValueError, match="step_scale"):
         LSTMOptimizer(step_scale="x")

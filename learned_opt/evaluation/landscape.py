@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from baselines import RULES
+from baselines.checks import check_int
 from baselines.base import UpdateRule
 
 from ..schema import (WANDB, ConfigError, Field, boolean, check, check_call, check_choice, delegated,
@@ -150,8 +151,7 @@ def _evaluate(point_loss: Callable[[Tensor], Tensor], coords: Tensor, chunk_size
     n = coords.shape[0]
     if chunk_size is None:
         chunk_size = max(n, 1)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}")
+    check_int("chunk_size", chunk_size, 1)
     starts = range(0, n, chunk_size)
     if progress:
         from tqdm.auto import tqdm
@@ -239,8 +239,7 @@ def pca_trajectory(trajectory: Sequence[Params], final: Params, n_components: in
     Each direction's sign is chosen so the first snapshot has a coordinate >= 0.
     Computed in float64.
     """
-    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
-        raise ValueError(f"n_components must be a positive integer; got {n_components!r}")
+    check_int("n_components", n_components, 1)
     if len(trajectory) < n_components + int(center):
         raise ValueError(f"pca_trajectory needs at least {n_components + int(center)} snapshots for "
                          f"{n_components} components; got {len(trajectory)}")

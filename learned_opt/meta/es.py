@@ -30,6 +30,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from baselines.checks import check_int, check_number
+
 from ..tasks.base import TaskFamily
 from ..tasks.population import stack_trees, unstack_tree
 from ..unroll import UnrollResult, unroll
@@ -40,10 +42,8 @@ __all__ = ["TruncatedES", "check_es_options"]
 
 
 def check_es_options(std: float, pairs: int, field: str = "es") -> None:
-    if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < float("inf"):
-        raise ValueError(f"{field}.std={std!r} must be a finite number > 0")
-    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
-        raise ValueError(f"{field}.pairs={pairs!r} must be an integer >= 1")
+    check_number(f"{field}.std", std, 0, low_open=True)
+    check_int(f"{field}.pairs", pairs, 1)
 
 
 class TruncatedES:
@@ -64,8 +64,7 @@ class TruncatedES:
                  meta_loss: str = "mean", divergence_factor: float = 1e3, population: int = 1,
                  slot_offset: int = 0, stagger: bool = False):
         check_es_options(std, pairs, self.name)
-        if not divergence_factor > 1:
-            raise ValueError(f"divergence_factor={divergence_factor!r} must be > 1")
+        check_number("divergence_factor", divergence_factor, 1, low_open=True)
         self.inner = InnerProblems(family, horizon=horizon, truncation=truncation, num_tasks=num_tasks,
                                    device=device, generator=generator, population=population,
                                    slot_offset=slot_offset, meta_loss=meta_loss, stagger=stagger)

@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from baselines.checks import boolean, check_choice, check_int
+
 from ..tasks.base import Task, TaskFamily
 from ..tasks.population import PopulationTask
 from ..unroll import init_state
@@ -134,18 +136,14 @@ class InnerProblems:
                  meta_loss: str = "mean", stagger: bool = False):
         if truncation < 1 or horizon < truncation:
             raise ValueError(f"need 1 <= truncation <= horizon, got truncation={truncation}, horizon={horizon}")
-        if num_tasks < 1:
-            raise ValueError(f"num_tasks={num_tasks} must be >= 1")
-        if meta_loss not in META_LOSSES:
-            raise ValueError(f"meta_loss={meta_loss!r} is not allowed; allowed: {', '.join(META_LOSSES)}")
+        check_int("num_tasks", num_tasks, 1)
+        check_choice("meta_loss", meta_loss, META_LOSSES)
         if isinstance(population, bool) or not isinstance(population, int) or population < 1 \
                 or num_tasks % population:
             raise ValueError(f"population={population!r} must be a positive integer that divides "
                              f"num_tasks={num_tasks} (the slots are unrolled in groups of that size)")
-        if isinstance(slot_offset, bool) or not isinstance(slot_offset, int) or slot_offset < 0:
-            raise ValueError(f"slot_offset={slot_offset!r} must be an integer >= 0")
-        if not isinstance(stagger, bool):
-            raise ValueError(f"stagger={stagger!r} must be true or false")
+        check_int("slot_offset", slot_offset, 0)
+        boolean("stagger", stagger)
         self.family, self.horizon, self.truncation = family, horizon, truncation
         self.num_tasks, self.device, self.generator = num_tasks, device, generator
         self.population, self.slot_offset, self.meta_loss, self.stagger = population, slot_offset, meta_loss, stagger

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from baselines.base import Params
 
-__all__ = ["NORM_EPS", "STEP_SCALES", "check_scale", "coordinate_grad_rms", "grad_rms", "momentum_key", "reduce_dims",
+__all__ = ["NORM_EPS", "STEP_SCALES", "coordinate_grad_rms", "grad_rms", "momentum_key", "reduce_dims",
            "rms_key", "second_moment_normalize"]
 
 NORM_EPS = 1e-8
@@ -48,13 +48,6 @@ def coordinate_grad_rms(grads: Params, names: Sequence[str], population_dim: int
     ``names`` order: shape ``(sum of numels,)``, the layout in which the rules batch all coordinates."""
     return torch.cat([grad_rms(g, reduce_dims(g.dim(), population_dim)).expand_as(g).reshape(-1)
                       for g in (grads[k] for k in names)])
-
-
-def check_scale(field: str, value: str) -> str:
-    """``value`` when it is one of :data:`STEP_SCALES`; otherwise a ValueError naming the field."""
-    if value not in STEP_SCALES:
-        raise ValueError(f"{field}={value!r} is not one of {', '.join(STEP_SCALES)}")
-    return value
 
 
 def momentum_key(decay: float) -> str:

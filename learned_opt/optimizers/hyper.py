@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from baselines.base import Params, State, check_range
+from baselines.checks import check_int
 from baselines.rules import SGD, Adam
 
 from .rule import LearnedRule
@@ -108,8 +109,7 @@ class LearnedSGD(_HyperRule):
         check_range("lr", lr, 0.0, low_inclusive=False)
         if momentum != 0:
             _check_open_unit("momentum", momentum)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-            raise ValueError(f"steps={steps!r} must be a positive integer")
+        check_int("steps", steps, 1)
         self._config = {"lr": float(lr), "momentum": float(momentum), "steps": int(steps)}
         self.steps = int(steps)
         self.log_lrs = nn.Parameter(torch.full((steps,), math.log(lr)))

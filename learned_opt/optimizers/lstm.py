@@ -47,9 +47,10 @@ import torch
 from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
+from baselines.checks import check_choice, check_int
 
 from .batched import linear
-from .features import check_scale, coordinate_grad_rms
+from .features import STEP_SCALES, coordinate_grad_rms
 from .rule import LearnedRule
 
 __all__ = ["LSTMOptimizer", "preprocess_gradient"]
@@ -116,13 +117,12 @@ class LSTMOptimizer(LearnedRule):
     def __init__(self, hidden_size: int = 20, preprocess_p: float = 10.0, output_scale: float = 0.1,
                  lr: float = 1.0, step_scale: str = "none", input_scale: str = "none"):
         super().__init__()
-        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
-            raise ValueError(f"hidden_size={hidden_size!r} must be a positive integer")
+        check_int("hidden_size", hidden_size, 1)
         check_range("preprocess_p", preprocess_p, 0.0, low_inclusive=False)
         check_range("output_scale", output_scale, 0.0, low_inclusive=False)
         check_range("lr", lr, 0.0)
-        self.step_scale = check_scale("step_scale", step_scale)
-        self.input_scale = check_scale("input_scale", input_scale)
+        self.step_scale = check_choice("step_scale", step_scale, STEP_SCALES)
+        self.input_scale = check_choice("input_scale", input_scale, STEP_SCALES)
         self.hidden_size = hidden_size
         self.preprocess_p = float(preprocess_p)
         self.output_scale = float(output_scale)

@@ -49,9 +49,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
+from baselines.checks import check_choice, check_int
 
 from .batched import linear
-from .features import check_scale, coordinate_grad_rms, reduce_dims, second_moment_normalize
+from .features import STEP_SCALES, coordinate_grad_rms, reduce_dims, second_moment_normalize
 from .features import momentum_key as _momentum_key
 from .rule import LearnedRule
 
@@ -85,8 +86,7 @@ class MLPOptimizer(LearnedRule):
         super().__init__()
         hidden_sizes, decays, step_timescales = list(hidden_sizes), list(decays), list(step_timescales)
         for i, h in enumerate(hidden_sizes):
-            if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
-                raise ValueError(f"hidden_sizes[{i}]={h!r} must be a positive integer")
+            check_int(f"hidden_sizes[{i}]", h, 1)
         if not decays:
             raise ValueError("decays=[] must name at least one momentum decay in (0, 1)")
         for i, d in enumerate(decays):
@@ -98,7 +98,7 @@ class MLPOptimizer(LearnedRule):
         check_range("exp_mult", exp_mult, 0.0, low_inclusive=False)
         check_range("step_mult", step_mult, 0.0, low_inclusive=False)
         check_range("lr", lr, 0.0)
-        self.step_scale = check_scale("step_scale", step_scale)
+        self.step_scale = check_choice("step_scale", step_scale, STEP_SCALES)
         self.hidden_sizes = [int(h) for h in hidden_sizes]
         self.decays = [float(d) for d in decays]
         self.step_timescales = [float(s) for s in step_timescales]

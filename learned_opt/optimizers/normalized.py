@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.base import Params, State, check_keys, check_range
+from baselines.checks import boolean, check_choice, check_int
 
 from .batched import linear
 from .features import momentum_key as _momentum_key
@@ -134,8 +135,7 @@ class NormalizedMLPOptimizer(LearnedRule):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
         for i, h in enumerate(hidden_sizes):
-            if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
-                raise ValueError(f"hidden_sizes[{i}]={h!r} must be a positive integer")
+            check_int(f"hidden_sizes[{i}]", h, 1)
         self.decays = _decay_list("decays", list(decays), _momentum_key, allow_empty=False)
         self.rms_decays = _decay_list("rms_decays", list(rms_decays), _rms_key, allow_empty=True)
         step_timescales = list(step_timescales)
@@ -149,10 +149,8 @@ class NormalizedMLPOptimizer(LearnedRule):
             magnitude_log_range = float(magnitude_log_range)
         self.magnitude_log_range = magnitude_log_range
         for field, flag in (("magnitude", magnitude), ("learn_scale", learn_scale), ("output_norm", output_norm)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{field}={flag!r} must be true or false")
-        if bias_rule not in BIAS_RULES:
-            raise ValueError(f"bias_rule={bias_rule!r} is not one of {', '.join(BIAS_RULES)}")
+            boolean(field, flag)
+        check_choice("bias_rule", bias_rule, BIAS_RULES)
         if bias_rule == "adam" and (ADAM_BETAS[0] not in self.decays or ADAM_BETAS[1] not in self.rms_decays):
             raise ValueError(f"bias_rule='adam' uses the momentum_0.9 and rms_0.999 buffers: decays={self.decays} "
                              f"must contain 0.9 and rms_decays={self.rms_decays} must contain 0.999")
@@ -254,8 +252,7 @@ class NormalizedMLPOptimizer(LearnedRule):
         for key in (*self.momentum_keys, *self.rms_keys):
             state[key] = {k: torch.zeros_like(p) for k, p in params.items()}
         if horizon is not None:
-            if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-                raise ValueError(f"horizon={horizon!r} must be a positive integer or None")
+            check_int("horizon", horizon, 1)
             state["horizon"] = horizon
         return state
 

@@ -137,9 +137,7 @@ class TeacherRegressionTask(MSETask):
         self.teacher_activation = teacher_activation
         choose("teacher_activation", teacher_activation, ACTIVATIONS)
         self.outputs = check_int("outputs", outputs, 1)
-        if isinstance(teacher_seed, bool) or not isinstance(teacher_seed, int):
-            raise ValueError(f"teacher_seed must be an integer; got {teacher_seed!r}")
-        self.teacher_seed = teacher_seed
+        self.teacher_seed = check_int("teacher_seed", teacher_seed)
         super().__init__(dataset, hidden_sizes, activation, batch_size, device, dtype, root, name)
 
     def _targets(self, xs: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -247,10 +247,7 @@ class Bowl(Surface):
     bounds = ((-3.0, 3.0), (-2.0, 2.0))
 
     def __init__(self, condition: float = 10.0, **kwargs: Any):
-        if not (isinstance(condition, (int, float)) and not isinstance(condition, bool)
-                and math.isfinite(condition) and condition > 0):
-            raise ValueError(f"condition must be a positive number; got {condition!r}")
-        self.condition = float(condition)
+        self.condition = check_number("condition", condition, 0, low_open=True)
         super().__init__(**kwargs)
 
     def _value(self, x: Tensor, y: Tensor) -> Tensor:
