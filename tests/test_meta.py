@@ -33,8 +33,9 @@ BASE = {
 }
 
 
-def cfg_with(**changes) -> dict:
-    cfg = copy.deepcopy(BASE)
+def changed(base: dict, **changes) -> dict:
+    """A deep copy of ``base`` with ``changes`` applied: ``meta__lr=0.1`` sets ``cfg["meta"]["lr"]``."""
+    cfg = copy.deepcopy(base)
     for dotted, value in changes.items():
         node = cfg
         keys = dotted.split("__")
@@ -42,6 +43,10 @@ def cfg_with(**changes) -> dict:
             node = node[k]
         node[keys[-1]] = value
     return cfg
+
+
+def cfg_with(**changes) -> dict:
+    return changed(BASE, **changes)
 
 
 def held_out_loss(rule, family_cfg: dict, steps: int, n: int = 8) -> float:

@@ -24,6 +24,7 @@ from learned_opt.meta.config import check_meta_train_config
 from learned_opt.optimizers import make_learned_rule
 from learned_opt.runlock import RunLock, RunLocked
 from learned_opt.schema import ConfigError
+from test_meta import changed
 
 torch.set_num_threads(1)
 
@@ -39,14 +40,7 @@ CFG = {
 
 
 def cfg_with(**changes) -> dict:
-    cfg = copy.deepcopy(CFG)
-    for dotted, value in changes.items():
-        node = cfg
-        keys = dotted.split("__")
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-    return cfg
+    return changed(CFG, **changes)
 
 
 def rows(run_dir: Path) -> list[dict]:

@@ -24,7 +24,7 @@ from typing import Mapping, TypeVar
 import torch
 from torch import Tensor
 
-from baselines.checks import check_choice
+from baselines.checks import check_choice, check_int
 
 Params = dict[str, Tensor]
 Batch = tuple
@@ -90,6 +90,25 @@ def choose(kind: str, name: str, table: Mapping[str, T]) -> T:
 def check_split(split: str) -> str:
     """Return ``split`` if it is ``"train"`` or ``"test"``, else raise ``ValueError``."""
     return check_choice("split", split, SPLITS)
+
+
+def sample_examples(data: tuple[Tensor, Tensor], batch_size: int | None, generator: torch.Generator,
+                    device: torch.device) -> tuple[Tensor, Tensor]:
+    """``batch_size`` examples of ``data`` (inputs, targets) drawn with replacement, or all of them (None)."""
+    x, y = data
+    if batch_size is None:
+        return x, y
+    index = randint(len(x), (batch_size,), generator, device)
+    return x[index], y[index]
+
+
+def first_examples(data: tuple[Tensor, Tensor], max_examples: int | None) -> tuple[Tensor, Tensor]:
+    """The first ``max_examples`` examples of ``data`` (all of them for None): what metrics are computed on."""
+    x, y = data
+    if max_examples is None:
+        return x, y
+    check_int("max_examples", max_examples, 1)
+    return x[:max_examples], y[:max_examples]
 
 
 def check_float_dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from baselines.checks import check_int
 
-from .base import (Batch, Params, Task, check_float_dtype, check_split, choose, randint,
+from .base import (Batch, Params, Task, check_float_dtype, check_split, choose, first_examples, sample_examples,
                    uniform)
 from .datasets import Dataset, make_dataset
 from .mlp import ACTIVATIONS, _check_hidden_sizes
@@ -91,11 +91,7 @@ class MSETask(Task):
 
     def sample_batch(self, generator: torch.Generator, split: str = "train") -> Batch:
         """``(x, t)``: ``batch_size`` examples of ``split`` drawn with replacement, or all of it."""
-        x, t = self._data[check_split(split)]
-        if self.batch_size is None:
-            return x, t
-        index = randint(len(x), (self.batch_size,), generator, self.device)
-        return x[index], t[index]
+        return sample_examples(self._data[check_split(split)], self.batch_size, generator, self.device)
 
     def loss(self, params: Params, batch: Batch) -> Tensor:
         x, t = batch
@@ -104,9 +100,7 @@ class MSETask(Task):
     @torch.no_grad()
     def metrics(self, params: Params, split: str = "test", max_examples: int | None = None) -> dict[str, float]:
         """Mean squared error on ``split`` (its first ``max_examples`` if given); no accuracy."""
-        x, t = self._data[check_split(split)]
-        if (None if max_examples is None else check_int("max_examples", max_examples, 1)) is not None:
-            x, t = x[:max_examples], t[:max_examples]
+        x, t = first_examples(self._data[check_split(split)], max_examples)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for start in range(0, len(x), EVAL_CHUNK):
             pred = self.predict(params, x[start:start + EVAL_CHUNK])

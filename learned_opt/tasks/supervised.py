@@ -16,7 +16,7 @@ from torch import Tensor
 
 from baselines.checks import check_int
 
-from .base import Batch, Params, Task, check_float_dtype, check_split, randint
+from .base import Batch, Params, Task, check_float_dtype, check_split, first_examples, sample_examples
 from .datasets import Dataset, make_dataset
 
 EVAL_CHUNK = 8192  # examples per forward pass in metrics, to bound memory
@@ -57,11 +57,7 @@ class ClassificationTask(Task):
 
     def sample_batch(self, generator: torch.Generator, split: str = "train") -> Batch:
         """``(x, y)``: ``batch_size`` examples of ``split`` drawn with replacement, or all of it."""
-        x, y = self._data[check_split(split)]
-        if self.batch_size is None:
-            return x, y
-        index = randint(len(y), (self.batch_size,), generator, self.device)
-        return x[index], y[index]
+        return sample_examples(self._data[check_split(split)], self.batch_size, generator, self.device)
 
     def loss(self, params: Params, batch: Batch) -> Tensor:
         """Mean cross-entropy of ``logits(params, x, *extra)`` against ``y``."""
@@ -71,9 +67,7 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def metrics(self, params: Params, split: str = "test", max_examples: int | None = None) -> dict[str, float]:
         """Mean cross-entropy and accuracy on ``split`` (its first ``max_examples`` if given)."""
-        x, y = self._data[check_split(split)]
-        if (None if max_examples is None else check_int("max_examples", max_examples, 1)) is not None:
-            x, y = x[:max_examples], y[:max_examples]
+        x, y = first_examples(self._data[check_split(split)], max_examples)
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for start in range(0, len(y), EVAL_CHUNK):
