@@ -24,20 +24,17 @@ import time
 from pathlib import Path
 
 import hydra
-import matplotlib.pyplot as plt
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from baselines import make_rule
 from learned_opt.evaluation import landscape as L
-from learned_opt.evaluation.plots import contour_plot, plot_interpolation, save_figure
+from learned_opt.evaluation.plots import plot_interpolation
 from learned_opt.evaluation.report import markdown_table
 from learned_opt.runlog import RunLogger
 from learned_opt.utils import atomic_write_text, generator, resolve_device
 
-COLORBAR = "training loss (cross-entropy, nats; log-spaced levels)"
-THETA_T = ("minimum", 0.0, 0.0, r"$\theta_T$ (trained weights)")
 COLUMNS = ["optimizer", "rule", "hyperparameters", "final train loss", "final test loss", "test accuracy",
            "train loss at α=0.5", "barrier (train)", "PC1+PC2 explained variance", "‖θ_T − θ₀‖"]
 
@@ -71,26 +68,11 @@ def main(cfg: DictConfig) -> None:
         what = f"{task.name}, {label} (lr={hparams.get('lr', '-')})"
         evr = s.explained_variance
 
-        _, ax = plt.subplots(figsize=(fig_cfg["width"], fig_cfg["height"]), dpi=fig_cfg["dpi"])
-        contour_plot(ax, span, span, s.contour, num_levels=c["num_levels"], colorbar=COLORBAR, markers=[THETA_T],
-                     title=f"{what}, {c['steps']} steps: training loss around $\\theta_T$\nalong two random "
-                           f"filter-normalised directions",
-                     xlabel=r"$\alpha$: coefficient of direction 1 (1 = each filter's own norm)",
-                     ylabel=r"$\beta$: coefficient of direction 2 (1 = each filter's own norm)",
-                     legend={"fontsize": 8, "loc": "upper right", "framealpha": 0.85})
-        logger.image(f"contour/{label}", save_figure(ax.figure, run_dir / f"contour_{label}.png"))
-
-        traj = f"trajectory (every {c['record_every']} steps)"
-        _, ax = plt.subplots(figsize=(fig_cfg["width"], fig_cfg["height"]), dpi=fig_cfg["dpi"])
-        contour_plot(ax, s.pca_xs, s.pca_ys, s.pca_grid, num_levels=c["num_levels"], colorbar=COLORBAR,
-                     markers=[("start", *s.pca_coords[0], r"$\theta_0$ (initial weights)"), THETA_T],
-                     trajectories={traj: s.pca_coords}, styles={traj: "-o"},
-                     title=f"{what}: training loss in the plane of the\ntrajectory's top two PCA directions "
-                           f"(PC1 + PC2: {100 * evr.sum():.1f}%)",
-                     xlabel=f"PC1 coordinate (parameter-space distance; {100 * evr[0]:.1f}% of variance)",
-                     ylabel=f"PC2 coordinate (parameter-space distance; {100 * evr[1]:.1f}% of variance)",
-                     legend={"fontsize": 8, "loc": "lower left", "framealpha": 0.85})
-        logger.image(f"pca/{label}", save_figure(ax.figure, run_dir / f"pca_{label}.png"))
+        contour_png, pca_png = L.plot_slices(s, span, run_dir / f"contour_{label}.png", run_dir / f"pca_{label}.png",
+                                             what=what, steps=c["steps"], record_every=c["record_every"],
+                                             num_levels=c["num_levels"], figure=fig_cfg)
+        logger.image(f"contour/{label}", contour_png)
+        logger.image(f"pca/{label}", pca_png)
 
         results[label] = {"rule": rule_name, "hparams": hparams, "diverged_at": res.diverged_at,
                           "test_accuracy": accuracy, **s.summary(), "snapshot_steps": [snap["step"] for snap in snaps]}

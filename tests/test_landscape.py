@@ -178,7 +178,8 @@ def test_fixed_loss_is_the_loss_on_the_first_examples_every_time():
     assert float(whole(params)) == pytest.approx(task.metrics(params, "train")["loss"], rel=1e-5)
 
 
-def test_slices_of_a_quadratic_match_the_closed_forms():
+def quadratic_slices():
+    """Slices of 1/2 |w|^2 between two random points, along a bent path of 6 snapshots."""
     g = torch.Generator().manual_seed(0)
     start, end = {"w": torch.randn(3, 4, generator=g)}, {"w": torch.randn(3, 4, generator=g)}
     bend = torch.randn(3, 4, generator=g)
@@ -188,6 +189,11 @@ def test_slices_of_a_quadratic_match_the_closed_forms():
     alphas, span = np.linspace(-0.5, 1.5, 9), np.linspace(-1, 1, 5)
     s = L.slices(quad, half, start, end, snaps, alphas=alphas, span=span, generator=torch.Generator().manual_seed(3),
                  pca_resolution=4, pca_margin=0.1, chunk_size=3)
+    return s, start, end, snaps, alphas, span
+
+
+def test_slices_of_a_quadratic_match_the_closed_forms():
+    s, start, end, snaps, alphas, span = quadratic_slices()
 
     def q(w):
         return 0.5 * float((w ** 2).sum())
@@ -218,6 +224,21 @@ def test_slices_of_a_quadratic_match_the_closed_forms():
     summary = s.summary()
     assert summary["loss_at_alpha_0.5"] == s.loss_at_half and summary["contour"] == s.contour.tolist()
     json.dumps(summary)  # plain numbers and lists only
+
+
+def test_plot_slices_draws_the_random_plane_and_the_trajectory_in_the_pca_plane(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    s = quadratic_slices()[0]
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)  # keep the figures to look inside
+    contour, pca = L.plot_slices(s, np.linspace(-1, 1, 5), tmp_path / "c.png", tmp_path / "p.png", what="quad",
+                                 steps=10, record_every=2, num_levels=5,
+                                 figure={"width": 4.0, "height": 3.0, "dpi": 40})
+    assert contour.stat().st_size > 1000 and pca.stat().st_size > 1000
+    lines = {line.get_label(): line for line in kept[1].axes[0].get_lines()}
+    traj = lines["trajectory (every 2 steps)"]
+    np.testing.assert_allclose(np.c_[traj.get_xdata(), traj.get_ydata()], s.pca_coords)
+    assert "PC1 + PC2: 100.0%" in kept[1].axes[0].get_title()
 
 
 def landscape_config() -> dict:

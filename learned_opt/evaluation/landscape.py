@@ -452,3 +452,38 @@ def slices(train_loss: LossFn, test_loss: LossFn, start: Params, end: Params, sn
                   barrier=barrier(alphas, interp_train, l0, l1), span=span, contour=z_rand, pca_coords=coords,
                   explained_variance=pca.explained_variance_ratio.double().cpu().numpy(), pca_xs=xs, pca_ys=ys,
                   pca_grid=z_pca, distance=float((flatten(end) - flatten(start)).norm()))
+
+
+COLORBAR = "training loss (cross-entropy, nats; log-spaced levels)"
+THETA_T = ("minimum", 0.0, 0.0, r"$\theta_T$ (trained weights)")
+
+
+def plot_slices(s: Slices, span: np.ndarray, contour_path: Any, pca_path: Any, *, what: str, steps: int,
+                record_every: int, num_levels: int, figure: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The two 2-D pictures of one trained network: the training loss around ``theta_T`` along two random
+    filter-normalised directions, and in the plane of the trajectory's top two PCA directions with the
+    trajectory on it. ``what`` names the run in the titles; returns the two paths."""
+    import matplotlib.pyplot as plt
+
+    from .plots import contour_plot, save_figure
+    size = {"figsize": (figure["width"], figure["height"]), "dpi": figure["dpi"]}
+    _, ax = plt.subplots(**size)
+    contour_plot(ax, span, span, s.contour, num_levels=num_levels, colorbar=COLORBAR, markers=[THETA_T],
+                 title=f"{what}, {steps} steps: training loss around $\\theta_T$\nalong two random "
+                       f"filter-normalised directions",
+                 xlabel=r"$\alpha$: coefficient of direction 1 (1 = each filter's own norm)",
+                 ylabel=r"$\beta$: coefficient of direction 2 (1 = each filter's own norm)",
+                 legend={"fontsize": 8, "loc": "upper right", "framealpha": 0.85})
+    contour_png = save_figure(ax.figure, contour_path)
+    evr, traj = s.explained_variance, f"trajectory (every {record_every} steps)"
+    _, ax = plt.subplots(**size)
+    contour_plot(ax, s.pca_xs, s.pca_ys, s.pca_grid, num_levels=num_levels, colorbar=COLORBAR,
+                 markers=[("start", *s.pca_coords[0], r"$\theta_0$ (initial weights)"), THETA_T],
+                 trajectories={traj: s.pca_coords}, styles={traj: "-o"},
+                 title=f"{what}: training loss in the plane of the\ntrajectory's top two PCA directions "
+                       f"(PC1 + PC2: {100 * evr.sum():.1f}%)",
+                 xlabel=f"PC1 coordinate (parameter-space distance; {100 * evr[0]:.1f}% of variance)",
+                 ylabel=f"PC2 coordinate (parameter-space distance; {100 * evr[1]:.1f}% of variance)",
+                 legend={"fontsize": 8, "loc": "lower left", "framealpha": 0.85})
+    return contour_png, save_figure(ax.figure, pca_path)
+
