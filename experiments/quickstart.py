@@ -10,6 +10,7 @@ optimizers (and the shipped ones named in ``pretrained``, such as the general-pu
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -18,9 +19,19 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from learned_opt.evaluation.evaluate import evaluate
+from learned_opt.evaluation.evaluate import check_config as check_evaluation, evaluate
 from learned_opt.evaluation.plots import plot_meta_loss
 from learned_opt.meta import meta_train
+from learned_opt.meta.config import check_meta_train_config
+from learned_opt.schema import WANDB, ConfigError, Field, boolean, check, delegated, integer, list_of, string
+from learned_opt.utils import resolve_device
+
+SCHEMA = {  # configs/quickstart.yaml; each stage's config is checked as its own entry point checks it
+    "optimizer": Field(string), "family": Field(string), "meta_steps": Field(integer(1)),
+    "eval_steps": Field(integer(1)), "learned_label": Field(string), "pretrained": Field(delegated),
+    "meta_train_overrides": Field(list_of(string)), "evaluate_overrides": Field(list_of(string)),
+    "progress": Field(boolean), "wandb": WANDB,
+}
 
 
 def stage(name: str, overrides: list[str], cfg: DictConfig) -> dict:
@@ -33,6 +44,7 @@ def stage(name: str, overrides: list[str], cfg: DictConfig) -> dict:
 @hydra.main(config_path="../configs", config_name="quickstart", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    check(OmegaConf.to_container(cfg, resolve=True), SCHEMA)
     t0 = time.perf_counter()
     mt = stage("meta_train", [f"optimizer={cfg.optimizer}", f"family={cfg.family}", f"meta.steps={cfg.meta_steps}",
                               *cfg.meta_train_overrides], cfg)
@@ -40,12 +52,16 @@ def main(cfg: DictConfig) -> None:
     for c in (mt, ev):
         c.pop("hydra", None)
         c.pop("resume", None)
+    shipped = {label: {"checkpoint": name} for label, name in (cfg.get("pretrained") or {}).items()}
+    try:  # both stages before any work: a bad evaluation override fails now, not after meta-training
+        check_meta_train_config(mt)
+        check_evaluation({**ev, "optimizers": {**ev["optimizers"], **shipped}}, resolve_device(ev["device"]))
+    except (ConfigError, FileNotFoundError) as e:
+        sys.exit(f"quickstart.py: error: {e}")
     print(f"[1/2] meta-training {mt['optimizer']['name']} on {mt['family']} for {mt['meta']['steps']} meta-steps")
     summary = meta_train(mt, run_dir / "meta_train")
     plot_meta_loss(run_dir / "meta_train")
-    ev["optimizers"][cfg.learned_label] = {"checkpoint": summary["checkpoint"]}
-    for label, name in (cfg.get("pretrained") or {}).items():
-        ev["optimizers"][label] = {"checkpoint": name}
+    ev["optimizers"].update({cfg.learned_label: {"checkpoint": summary["checkpoint"]}, **shipped})
     print(f"[2/2] evaluating against tuned baselines on {list(ev['suite'])}")
     evaluate(ev, run_dir / "evaluate")
     print((run_dir / "evaluate" / "summary.md").read_text())

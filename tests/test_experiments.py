@@ -202,3 +202,14 @@ def test_validate_scores_agree_with_the_meta_trainers_validation(tmp_path):
                                torch.device("cpu"))
     assert len(scores) == 2 and sum(scores) / 2 == pytest.approx(expected, rel=1e-6)
     assert "| mlp_l2l_mnist |" in (run_dir / "table.md").read_text()
+
+
+def test_quickstart_checks_both_stages_before_meta_training(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    run_dir = tmp_path / "quickstart"
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "quickstart.py"), f"hydra.run.dir={run_dir}",
+                           'evaluate_overrides=["tuning.method=bayes"]'], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "tuning.method='bayes' is not allowed; allowed: grid, random" in proc.stderr
+    assert "Traceback" not in proc.stderr and "[1/2]" not in proc.stdout
+    assert not (run_dir / "meta_train").exists()  # nothing was meta-trained
