@@ -371,3 +371,24 @@ def test_output_norm_off_keeps_the_raw_direction():
     ratio = step_off / step_on
     assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-8)  # same direction, other size
     assert float(ratio.flatten()[0]) == pytest.approx(3.0, rel=0.05)
+
+
+def test_relative_steps_scale_with_the_weights_and_follow_a_rescaling():
+    torch.manual_seed(0)
+    rule = NormalizedMLPOptimizer(relative_step=True, magnitude=False, bias_rule="adam", step_mult=0.01)
+    g = torch.Generator().manual_seed(1)
+    w, grad = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    b, gb = torch.randn(5, generator=g), torch.randn(5, generator=g)
+    params, grads = {"w": w, "b": b}, {"w": grad, "b": gb}
+    step = (w - rule.update(grads, rule.init(params), params)[0]["w"]).detach()
+    # the step's RMS is step_mult times the weights' RMS (log_scale starts at 0, no magnitude)
+    assert float(step.pow(2).mean().sqrt()) == pytest.approx(0.01 * float(w.pow(2).mean().sqrt()), rel=1e-5)
+    for c in (1e-2, 1e2):  # w -> c w with g -> g / c is the same function: every step is c times as large
+        scaled = {"w": c * w, "b": b}
+        new = rule.update({"w": grad / c, "b": gb}, rule.init(scaled), scaled)[0]["w"]
+        torch.testing.assert_close(c * w - new, c * step, rtol=1e-4, atol=1e-7 * c)
+    plain = NormalizedMLPOptimizer(magnitude=False, bias_rule="adam", step_mult=0.01)
+    plain.load_state_dict(rule.state_dict())
+    plain_step = (w - plain.update(grads, plain.init(params), params)[0]["w"]).detach()
+    torch.testing.assert_close(step, plain_step * w.pow(2).mean().sqrt(), rtol=1e-5, atol=1e-9)
+    assert rule.config()["relative_step"] is True and NormalizedMLPOptimizer(**rule.config()).relative_step

@@ -16,7 +16,8 @@ this one; ``H`` = the horizon given to :meth:`NormalizedMLPOptimizer.init`, if a
                                                                  output_norm=False, the ablation)
     s     = 2 * sigmoid(mean_over_tensor(MLP(x)[1]))            (only with magnitude=True; else 1;
                                                                  exp(r * tanh(.)) with magnitude_log_range=r)
-    w    <- w * (1 - step_mult * lr * weight_decay) - step_mult * lr * exp(log_scale) * s * u
+    w    <- w * (1 - step_mult * lr * weight_decay) - step_mult * lr * exp(log_scale) * s * u * rho
+    rho   = 1, or with relative_step: sqrt(mean_over_tensor(w^2) + 1e-12)   (steps relative to w's size)
 
 So with ``magnitude=False`` the root mean square of every tensor's step is exactly
 ``step_mult * lr * exp(log_scale)``, whatever the gradient's scale; ``magnitude=True`` adds a
@@ -82,6 +83,7 @@ EPS = 1e-20                 # in every normalisation: RMS values down to ~1e-10 
                             # passes through rsqrt stay finite at exactly zero inputs
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8   # the bias path's Adam
 INIT_OUT_SCALE = 0.01       # the MLP's last layer starts this much smaller than torch's default
+RELATIVE_FLOOR = 1e-6       # relative_step: the RMS used is sqrt(mean(w^2) + floor^2) (finite gradients at 0)
 NUM_TIME_HORIZON = 2        # fraction-of-horizon features: [min(t / H, 1), 1] (zeros without H)
 
 
@@ -117,6 +119,10 @@ class NormalizedMLPOptimizer(LearnedRule):
         weight_decay: decoupled weight decay ``w <- w * (1 - step_mult * lr * weight_decay)``, >= 0.
         bias_rule: ``"mlp"`` (every tensor through the MLP) or ``"adam"`` (tensors with at most
             one dim take an Adam step; needs 0.9 in ``decays`` and 0.999 in ``rms_decays``).
+        relative_step: multiply each MLP tensor's step by the tensor's own RMS (``sqrt(mean(w^2) +
+            RELATIVE_FLOOR^2)``), so ``step_mult`` is a step relative to the weights' size (as in LARS and
+            Adafactor) and rescaling a tensor rescales its steps alike; tensors that start at zero should
+            take the Adam path (``bias_rule="adam"``).
 
     Meta-parameters: ``layers`` (``nn.Linear``s, torch's default initialisation from torch's global
     RNG, last layer scaled by 0.01), ``skip`` (the linear direction term) and, with
@@ -131,7 +137,7 @@ class NormalizedMLPOptimizer(LearnedRule):
                  rms_decays: Sequence[float] = RMS_DECAYS, step_timescales: Sequence[float] = TIMESCALES,
                  step_mult: float = 1e-3, lr: float = 1.0, magnitude: bool = True, learn_scale: bool = True,
                  output_norm: bool = True, magnitude_log_range: float | None = None,
-                 weight_decay: float = 0.0, bias_rule: str = "mlp"):
+                 weight_decay: float = 0.0, bias_rule: str = "mlp", relative_step: bool = False):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
         for i, h in enumerate(hidden_sizes):
@@ -148,7 +154,8 @@ class NormalizedMLPOptimizer(LearnedRule):
             check_range("magnitude_log_range", magnitude_log_range, 0.0, low_inclusive=False)
             magnitude_log_range = float(magnitude_log_range)
         self.magnitude_log_range = magnitude_log_range
-        for field, flag in (("magnitude", magnitude), ("learn_scale", learn_scale), ("output_norm", output_norm)):
+        for field, flag in (("magnitude", magnitude), ("learn_scale", learn_scale), ("output_norm", output_norm),
+                            ("relative_step", relative_step)):
             boolean(field, flag)
         check_choice("bias_rule", bias_rule, BIAS_RULES)
         if bias_rule == "adam" and (ADAM_BETAS[0] not in self.decays or ADAM_BETAS[1] not in self.rms_decays):
@@ -158,7 +165,7 @@ class NormalizedMLPOptimizer(LearnedRule):
         self.step_timescales = [float(s) for s in step_timescales]
         self.step_mult, self.lr, self.weight_decay = float(step_mult), float(lr), float(weight_decay)
         self.magnitude, self.learn_scale, self.bias_rule = magnitude, learn_scale, bias_rule
-        self.output_norm = output_norm
+        self.output_norm, self.relative_step = output_norm, relative_step
 
         k, r = len(self.decays), len(self.rms_decays)
         self.num_features = 2 + k + r * (1 + k)
@@ -185,7 +192,8 @@ class NormalizedMLPOptimizer(LearnedRule):
                 "rms_decays": list(self.rms_decays), "step_timescales": list(self.step_timescales),
                 "step_mult": self.step_mult, "lr": self.lr, "magnitude": self.magnitude, "output_norm": self.output_norm,
                 "magnitude_log_range": self.magnitude_log_range,
-                "learn_scale": self.learn_scale, "weight_decay": self.weight_decay, "bias_rule": self.bias_rule}
+                "learn_scale": self.learn_scale, "weight_decay": self.weight_decay, "bias_rule": self.bias_rule,
+                "relative_step": self.relative_step}
 
     @property
     def momentum_keys(self) -> list[str]:
@@ -288,6 +296,9 @@ class NormalizedMLPOptimizer(LearnedRule):
                     mean_mag = mag.mean(dim=dims, keepdim=True) if dims else mag
                     u = u * (2 * torch.sigmoid(mean_mag) if self.magnitude_log_range is None
                              else torch.exp(self.magnitude_log_range * torch.tanh(mean_mag)))
+                if self.relative_step:  # times the tensor's own RMS: the step follows a rescaling of w
+                    w = params[k].to(u.dtype)
+                    u = u * torch.sqrt(((w * w).mean(dim=dims, keepdim=True) if dims else w * w) + RELATIVE_FLOOR ** 2)
                 steps[k] = scale * u
         small = [k for k in names if k not in steps]
         if small:
