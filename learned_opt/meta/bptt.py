@@ -25,13 +25,13 @@ time. The meta-gradient is the same as without it (to rounding). (A custom
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from ..optimizers.batched import split_tree
 from ..tasks.base import Task, TaskFamily
 from ..tasks.population import population_rule, stack_trees, unstack_tree
 from ..unroll import UnrollResult, unroll
@@ -170,7 +170,7 @@ def _checkpointed_unroll(task: Task, rule: nn.Module, params: dict, state: dict,
     """
     gen_list = list(gens) if isinstance(gens, (list, tuple)) else [gens]
     run = _SegmentRun(task, rule, steps, gens, [g.get_state() for g in gen_list], ref, kw)
-    in_leaves, run.rebuild_in = _flatten((params, state))
+    in_leaves, run.rebuild_in = split_tree((params, state))
     meta = [p for p in rule.parameters() if p.requires_grad]
     run.meta = meta
     outs = _Segment.apply(run, len(meta), *meta, *in_leaves)
@@ -220,7 +220,7 @@ class _Segment(torch.autograd.Function):
         if run.ref is None and res.steps_done:  # the recomputation must judge divergence alike
             first = res.losses[0]
             run.ref = float(first) if first.dim() == 0 else first.clone()
-        out_leaves, run.rebuild_out = _flatten((res.params, res.state))
+        out_leaves, run.rebuild_out = split_tree((res.params, res.state))
         run.result, run.ends = res, [g.get_state() for g in (gens if isinstance(gens, list) else [gens])]
         ctx.run, ctx.n_meta = run, n_meta
         ctx.save_for_backward(*leaves)
@@ -235,7 +235,7 @@ class _Segment(torch.autograd.Function):
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, needs[n_meta:])]
             res, _ = run.run(leaves, differentiable=True)
-            outs = [*_flatten((res.params, res.state))[0], res.losses]
+            outs = [*split_tree((res.params, res.state))[0], res.losses]
             pairs = [(o, g) for o, g in zip(outs, grad_outs) if g is not None and o.requires_grad]
             wrt = [t for t, need in zip([*run.meta, *leaves], needs) if need]
             grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True) \
@@ -244,34 +244,3 @@ class _Segment(torch.autograd.Function):
         return (None, None, *[next(it) if need else None for need in needs])
 
 
-def _flatten(tree: Any) -> tuple[list[Tensor], Callable[[list[Tensor]], Any]]:
-    """The tensor leaves of a pytree, and a function that rebuilds the tree from new leaves."""
-    leaves: list[Tensor] = []
-
-    def spec(obj: Any) -> Any:
-        if isinstance(obj, Tensor):
-            leaves.append(obj)
-            return _Leaf(len(leaves) - 1)
-        if isinstance(obj, dict):
-            return {k: spec(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(spec(v) for v in obj)
-        return obj
-
-    structure = spec(tree)
-
-    def rebuild(new: list[Tensor], node: Any = structure) -> Any:
-        if isinstance(node, _Leaf):
-            return new[node.index]
-        if isinstance(node, dict):
-            return {k: rebuild(new, v) for k, v in node.items()}
-        if isinstance(node, (list, tuple)):
-            return type(node)(rebuild(new, v) for v in node)
-        return node
-
-    return leaves, rebuild
-
-
-@dataclass(frozen=True)
-class _Leaf:
-    index: int

@@ -22,6 +22,7 @@ This is what the evolution-strategies estimators (:mod:`learned_opt.meta.es`,
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -79,37 +80,38 @@ class _Call(nn.Module):
         return getattr(self.rule, self.method)(*args)
 
 
-def _split(tree: Any) -> tuple[list[Tensor], Callable[[list[Tensor]], Any]]:
-    """Tensor leaves of a pytree, and a function that puts new leaves back in their places."""
+def split_tree(tree: Any) -> tuple[list[Tensor], Callable[[list[Tensor]], Any]]:
+    """The tensor leaves of a pytree (nested dicts, lists and tuples; anything else is kept as it is), and
+    a function that rebuilds the tree with new leaves in their places."""
     leaves: list[Tensor] = []
 
     def spec(obj: Any) -> Any:
         if isinstance(obj, Tensor):
             leaves.append(obj)
-            return ("__leaf__", len(leaves) - 1)
+            return _Leaf(len(leaves) - 1)
         if isinstance(obj, dict):
             return {k: spec(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [spec(v) for v in obj]
-        if isinstance(obj, tuple):
-            return ("__tuple__", [spec(v) for v in obj])
-        return ("__const__", obj)
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(spec(v) for v in obj)
+        return obj
 
     structure = spec(tree)
 
     def rebuild(new: list[Tensor], node: Any = structure) -> Any:
+        if isinstance(node, _Leaf):
+            return new[node.index]
         if isinstance(node, dict):
             return {k: rebuild(new, v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [rebuild(new, v) for v in node]
-        tag, value = node
-        if tag == "__leaf__":
-            return new[value]
-        if tag == "__tuple__":
-            return tuple(rebuild(new, v) for v in value)
-        return value
+        if isinstance(node, (list, tuple)):
+            return type(node)(rebuild(new, v) for v in node)
+        return node
 
     return leaves, rebuild
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    index: int
 
 
 class MemberRule:
@@ -136,7 +138,7 @@ class MemberRule:
         return getattr(self.rule, name)
 
     def _map(self, method: str, *trees: Any) -> Any:
-        flat = [_split(t) for t in trees]
+        flat = [split_tree(t) for t in trees]
         leaves = [f[0] for f in flat]
         counts = [len(x) for x in leaves]
         for x in leaves:
@@ -153,7 +155,7 @@ class MemberRule:
                 args.append(rebuild(list(member_leaves[i:i + n])))
                 i += n
             out = torch.func.functional_call(call, meta, tuple(args))
-            out_leaves, rebuild_out = _split(out)
+            out_leaves, rebuild_out = split_tree(out)
             out_rebuild[:] = [rebuild_out]
             return out_leaves
 
