@@ -33,7 +33,14 @@ for name in main no_output_norm no_augmentation narrow_tasks truncated_es trunca
 done
 mkdir -p "$OUT/evaluation"
 if [ -n "$BASE" ] && [ ! -f "$OUT/evaluation/config.json" ]; then cp -rn "$BASE/cells" "$BASE/tuning" "$OUT/evaluation/"; fi
-SHIPPED=(celo_general mlp_lopt mlp_lopt_invariant lstm lstm_paper learned_adam lstm_quadratic mlp_quadratic)
+# the learned optimizers of the suite's config (entries with a checkpoint), left out of this evaluation
+SHIPPED=($(python - <<'PY'
+import os
+from hydra import compose, initialize_config_dir
+with initialize_config_dir(config_dir=os.path.abspath("configs"), version_base="1.3"):
+    print(" ".join(k for k, v in compose("generalization").optimizers.items() if "checkpoint" in v))
+PY
+))
 python experiments/evaluate.py --config-name generalization progress=false hydra.run.dir="$OUT/evaluation" "${EVAL[@]}" \
   "${SHIPPED[@]/#/\~optimizers.}" \
   $( [ -f "$OUT/evaluation/config.json" ] && echo resume=true )
