@@ -19,7 +19,6 @@ over seeds) and renders the report (:meth:`ClrResult.markdown`) and the JSON rec
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from ..schema import (RUN, WANDB, ConfigError, Field, boolean, check, check_call
                       integer, number, optional)
 from ..tasks.base import Task
 from ..utils import resolve_device
+from .epochs import steps_per_epoch
 from .metrics import padded, steps_to_accuracy, steps_to_target
 from .range_test import range_test
 from .report import compare, markdown_table, mean_std, smooth
@@ -41,7 +41,7 @@ from .results import CellResult, loss_curves
 from .suite import TUNING, OptimizerSpec, build_task, run_cell, tune
 
 __all__ = ["CLR", "ADAM", "FIXED", "VARIANTS", "BANDS", "SCHEMA", "check_config", "cycle_budget", "clr_bounds",
-           "clr_schedule", "variant_metrics", "Variant", "ClrResult", "run_clr", "plot_comparison"]
+           "clr_schedule", "adam_how", "variant_metrics", "Variant", "ClrResult", "run_clr", "plot_comparison"]
 
 CLR, ADAM, FIXED = "nesterov_clr", "adam", "nesterov_fixed"
 VARIANTS = (CLR, ADAM, FIXED)
@@ -113,10 +113,9 @@ def check_config(cfg: dict) -> tuple[torch.device, Task]:
 def cycle_budget(task: Task, clr_cfg: dict) -> tuple[int, int, int]:
     """``(steps_per_epoch, step_size, steps)``: a half cycle is ``epochs_per_half_cycle`` epochs of minibatches
     (the whole training split when the task has no batch size), and every variant runs ``cycles`` whole cycles."""
-    batch = task.batch_size or len(task.dataset.y_train)
-    steps_per_epoch = math.ceil(len(task.dataset.y_train) / batch)
-    step_size = clr_cfg["epochs_per_half_cycle"] * steps_per_epoch
-    return steps_per_epoch, step_size, clr_cfg["cycles"] * 2 * step_size
+    spe = steps_per_epoch(task)
+    step_size = clr_cfg["epochs_per_half_cycle"] * spe
+    return spe, step_size, clr_cfg["cycles"] * 2 * step_size
 
 
 def clr_bounds(res: RangeTestResult, cfg: dict) -> tuple[float, float]:
@@ -137,6 +136,11 @@ def clr_schedule(clr_cfg: dict, bounds: tuple[float, float], step_size: int) -> 
     return CyclicLR(bounds[0], bounds[1], step_size, mode=c["mode"], gamma=c["gamma"],
                     cycle_momentum=c["cycle_momentum"], base_momentum=c["base_momentum"],
                     max_momentum=c["max_momentum"])
+
+
+def adam_how(cfg: dict) -> str:
+    """How Adam's lr was chosen: ``tuned`` (a grid search) or ``default`` (``adam.lr`` as given)."""
+    return "tuned" if cfg["adam"]["tune"] else "default"
 
 
 def variant_metrics(cells: Sequence[CellResult], targets: dict) -> dict[str, Any]:
@@ -179,7 +183,7 @@ class ClrResult:
 
     @property
     def adam_how(self) -> str:
-        return "tuned" if self.config["adam"]["tune"] else "default"
+        return adam_how(self.config)
 
     def schedule(self) -> CyclicLR:
         """The CLR variant's schedule."""
@@ -299,7 +303,7 @@ def run_clr(cfg: dict, tuning_dir: str | Path | None = None, progress: bool = Tr
         sched = clr_schedule(c, bounds, step_size)
         return make_rule("nesterov", lr=sched, momentum=sched.momentum if c["cycle_momentum"] else c["momentum"])
 
-    how = "tuned" if cfg["adam"]["tune"] else "default"
+    how = adam_how(cfg)
     builds: dict[str, tuple[str, Callable]] = {
         CLR: (f"Nesterov + {c['mode']} CLR [{bounds[0]:.2g}, {bounds[1]:.2g}]", clr_rule),
         ADAM: (f"Adam ({how} lr={adam_lr:.2g})", lambda: make_rule("adam", lr=adam_lr)),

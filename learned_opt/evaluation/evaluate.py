@@ -85,7 +85,6 @@ def check_config(cfg: dict, device: torch.device) -> tuple[list[OptimizerSpec], 
     if set(cfg["seeds"]) & set(cfg["tuning"]["seeds"]):
         raise ValueError(f"tuning.seeds {cfg['tuning']['seeds']} overlap the evaluation seeds {cfg['seeds']}: "
                          f"tune on other seeds than you report")
-    check_wandb_config(cfg.get("wandb"))
     return parse_optimizers(cfg["optimizers"], cfg["tuning"]), parse_suite(cfg["suite"], device)
 
 

@@ -35,7 +35,7 @@ from .report import markdown_table, mean_std, paired_difference
 from .suite import build_task, validation_task
 
 __all__ = ["FIXED", "PLATEAU", "SGDR", "VARIANTS", "LABELS", "RULES_ALLOWED", "BANDS", "SCHEMA", "check_config",
-           "RestartsResult", "run_restarts"]
+           "ensemble_label", "RestartsResult", "run_restarts"]
 
 FIXED, PLATEAU, SGDR = "fixed", "plateau", "sgdr"
 VARIANTS = (FIXED, PLATEAU, SGDR)
@@ -86,6 +86,11 @@ def check_config(cfg: dict) -> tuple[torch.device, Task, Task]:
     return device, task, validation_task(dict(cfg["task"]), device, cfg["val_fraction"], cfg["split_seed"])
 
 
+def ensemble_label(size: int, available: int) -> str:
+    """The ensemble's row name: the last ``size`` of ``available`` snapshots, mean softmax."""
+    return f"snapshot ensemble (last {size} of {available}, mean softmax)"
+
+
 def sgdr_schedule(cfg: dict, steps_per_epoch: int) -> CosineWarmRestarts:
     """Variant (c)'s schedule, its cycle ``sgdr.cycle_epochs`` epochs long."""
     s = cfg["sgdr"]
@@ -111,7 +116,7 @@ class RestartsResult:
 
     @property
     def ensemble_key(self) -> str:
-        return f"snapshot ensemble (last {self.ensemble_size} of {self.snapshots}, mean softmax)"
+        return ensemble_label(self.ensemble_size, self.snapshots)
 
     @property
     def accuracy(self) -> dict[str, list[float]]:
@@ -225,7 +230,7 @@ def run_restarts(cfg: dict, progress: bool = True) -> RestartsResult:
             test.setdefault(f"snapshot {j + 1} (epoch {(snapshots[i][j][0] + 1) / spe:g})", []).append(sc)
         test.setdefault(BY_VALIDATION, []).append(res.best_by_validation)
         test.setdefault(BY_TEST, []).append(res.best_by_test)
-        test.setdefault(f"snapshot ensemble (last {m} of {n_snap}, mean softmax)", []).append(res.ensemble)
+        test.setdefault(ensemble_label(m, n_snap), []).append(res.ensemble)
     return RestartsResult(config=cfg, task_name=task.name, train_examples=len(val_task.dataset.y_train),
                           steps_per_epoch=spe, runs=runs, snapshot_steps=[[st for st, _ in sn] for sn in snapshots],
                           snapshots=n_snap, ensemble_size=m, test=test, seconds=time.perf_counter() - started)
