@@ -165,6 +165,51 @@ def test_member_rule_equals_each_member_updated_by_its_own_copy_of_the_rule(name
             torch.testing.assert_close(p[k][i], q[k], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("block_size,step_scale,dtype", [(8192, "none", torch.float32), (7, "grad_rms", torch.float32),
+                                                        (30, "none", torch.float64)])
+def test_mlp_native_member_path_equals_each_member_updated_alone(block_size, step_scale, dtype):
+    """MLPOptimizer.update_members (what MemberRule runs under no_grad): blocks that split members
+    and columns, the grad_rms step scale and float64 params, against each member's own rule."""
+    torch.manual_seed(1)
+    rule = make_learned_rule("mlp", step_scale=step_scale)
+    rule.block_size = block_size
+    P = 5
+    thetas = meta_vector(rule) + 0.05 * torch.randn(P, meta_vector(rule).numel())
+    shapes = {"w": (6, 4), "b": (4,), "v": (3, 2, 2), "s": ()}
+    params = {k: torch.randn(P, *s, dtype=dtype) for k, s in shapes.items()}
+    grads = [{k: torch.randn(P, *s, dtype=dtype) for k, s in shapes.items()} for _ in range(3)]
+    member = MemberRule(rule, thetas)
+    with torch.no_grad():
+        p, s = params, member.init(params)
+        for g in grads:
+            p, s = member.update(g, s, p)
+    assert member._workspace, "the native path (with its reused buffers) was not taken"
+    for i in range(P):
+        own = make_learned_rule("mlp", step_scale=step_scale)
+        own.load_state_dict({**rule.state_dict(), **unflatten_meta(rule, thetas[i])})
+        q = {k: v[i] for k, v in params.items()}
+        with torch.no_grad():
+            st = own.init(q)
+            for g in grads:
+                q, st = own.update({k: v[i] for k, v in g.items()}, st, q)
+        for k in q:
+            assert p[k].dtype == dtype
+            torch.testing.assert_close(p[k][i], q[k], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(s["momentum_0.9"][k][i], st["momentum_0.9"][k], rtol=1e-6, atol=1e-7)
+
+
+def test_member_rule_keeps_the_graph_when_grad_is_enabled():
+    """With grad enabled MemberRule runs the rule under vmap (differentiable), not the native path."""
+    torch.manual_seed(0)
+    rule = make_learned_rule("mlp")
+    thetas = (meta_vector(rule) + 0.05 * torch.randn(2, meta_vector(rule).numel())).requires_grad_()
+    params = {"w": torch.randn(2, 3, 4)}
+    member = MemberRule(rule, thetas)
+    new, _ = member.update({"w": torch.randn(2, 3, 4)}, member.init(params), params)
+    (grad,) = torch.autograd.grad(new["w"].sum(), thetas)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0 and not member._workspace
+
+
 def test_unroll_freeze_stops_only_the_diverging_member():
     task = FAMILY.task
     pop = PopulationTask([task, task])

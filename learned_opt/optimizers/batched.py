@@ -17,6 +17,11 @@ the rule's ``population_dim`` must be left unset). While it runs, the rule's att
 batch well over meta-parameter sets. Non-tensor state entries (the step count)
 must be the same for every member, as they are in a population.
 
+A rule may also define ``update_members(meta, grads, state, params, workspace)``, the same
+computation written directly over the member dim (:meth:`~.mlp.MLPOptimizer.update_members`);
+under ``no_grad`` MemberRule calls it instead of ``vmap`` (with grad enabled it keeps ``vmap``, which
+differentiates). ``workspace`` is a dict of scratch buffers the rule may reuse from one step to the next.
+
 This is what the evolution-strategies estimators (:mod:`learned_opt.meta.es`,
 :mod:`learned_opt.meta.pes`) run under ``no_grad``: many perturbed copies of one rule at once.
 """
@@ -131,9 +136,10 @@ class MemberRule:
         self.meta = {f"rule.{k}": v for k, v in named.items()}
         self.size = next(iter(self.meta.values())).shape[0]
         self._calls = {m: _Call(rule, m) for m in ("init", "update")}
+        self._workspace: dict = {}   # update_members' scratch buffers, reused across the steps of an unroll
 
     def __getattr__(self, name: str) -> Any:  # config(), hparam_names, ... of the wrapped rule
-        if name in ("rule", "meta", "size", "_calls"):
+        if name in ("rule", "meta", "size", "_calls", "_workspace"):
             raise AttributeError(name)
         return getattr(self.rule, name)
 
@@ -175,4 +181,11 @@ class MemberRule:
         return self._map("init", params)
 
     def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        native = getattr(self.rule, "update_members", None)
+        if native is not None and not torch.is_grad_enabled():
+            for t in split_tree((grads, state, params))[0]:
+                if t.dim() == 0 or t.shape[0] != self.size:
+                    raise ValueError(f"MemberRule: every tensor needs a leading population dim of {self.size}, "
+                                     f"got shape {tuple(t.shape)}")
+            return native({k[len("rule."):]: v for k, v in self.meta.items()}, grads, state, params, self._workspace)
         return self._map("update", grads, state, params)

@@ -34,7 +34,9 @@ Batched populations: the normalisation reduces over every dim of a tensor
 makes it skip that dim, so params with a leading population dim behave as that many
 independent problems (the MLP itself is coordinatewise and needs no change).
 
-All coordinates of all tensors go through the MLP as one batch. Devices and dtypes:
+All coordinates of all tensors go through the MLP as one batch. Populations with one
+meta-parameter set per member (the evolution-strategies estimators) run through
+:meth:`MLPOptimizer.update_members`, the same update laid out for batched matmuls. Devices and dtypes:
 the state lives on the params' device in their dtype; the MLP weights are cast to the
 features' dtype inside ``update`` (a no-op when they agree; autograd flows through the
 cast), so a float32 rule can drive float64 params; for a float64 meta-gradient check,
@@ -52,7 +54,7 @@ from baselines.base import Params, State, check_keys, check_range
 from baselines.checks import check_choice, check_int
 
 from .batched import linear
-from .features import STEP_SCALES, coordinate_grad_rms, reduce_dims, second_moment_normalize
+from .features import NORM_EPS, STEP_SCALES, coordinate_grad_rms, grad_rms, reduce_dims, second_moment_normalize
 from .features import momentum_key as _momentum_key
 from .rule import LearnedRule
 
@@ -60,6 +62,15 @@ __all__ = ["MLPOptimizer"]
 
 DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+def _blocks(members: int, n: int, size: int) -> list[tuple[slice, slice]]:
+    """(members, coordinates) blocks of about ``size`` member-coordinates covering ``members x n``:
+    whole members while one fits, else column pieces of one member."""
+    if n <= size:
+        step = size // n
+        return [(slice(i, min(i + step, members)), slice(0, n)) for i in range(0, members, step)]
+    return [(slice(i, i + 1), slice(j, min(j + size, n))) for i in range(members) for j in range(0, n, size)]
+
+
 class MLPOptimizer(LearnedRule):
     """Per-parameter MLP learned optimizer; see the module docstring for the formulas.
 
@@ -79,6 +90,7 @@ class MLPOptimizer(LearnedRule):
 
     population_dim: int | None = None  # set to skip a leading population dim in the normalisation
     member_batched = False             # True while run with one meta-parameter set per member (batched.MemberRule)
+    block_size = 8192                  # update_members: member-coordinates per MLP block (its activations stay in cache)
 
     def __init__(self, hidden_sizes: Sequence[int] = (32, 32), decays: Sequence[float] = DECAYS,
                  step_timescales: Sequence[float] = TIMESCALES, exp_mult: float = 1e-3,
@@ -170,4 +182,72 @@ class MLPOptimizer(LearnedRule):
         sizes = [params[k].numel() for k in names]
         new_params = {k: params[k] - d.view(params[k].shape).to(params[k].dtype)
                       for k, d in zip(names, delta.split(sizes))}
+        return new_params, new_state
+
+    def update_members(self, meta: dict[str, Tensor], grads: Params, state: State,
+                       params: Params, workspace: dict | None = None) -> tuple[Params, State]:
+        """:meth:`update` of ``P`` population members at once under ``no_grad``, member ``i`` with the
+        meta-parameters ``meta[name][i]`` (every tensor has a leading member dim ``P``): what
+        :class:`~.batched.MemberRule` calls instead of ``vmap`` (the evolution-strategies estimators).
+
+        The same formulas, laid out for batched matmuls on CPU: the features of all coordinates as
+        ``(P, features, coordinates)``, so every layer is a ``baddbmm`` whose long dim is the
+        coordinates; the step embedding (the same for every coordinate) folded into the first
+        layer's bias; the MLP run in blocks of ``block_size`` member-coordinates, so its hidden
+        activations stay in cache; the momenta updated with one ``lerp`` per decay for all tensors.
+        Equal to :meth:`update` on each member up to float rounding (tested)."""
+        check_keys(grads, params)
+        names, step = list(params), state["step"]
+        new_state: State = {"step": step + 1}
+        g_list = [grads[k] for k in names]
+        for key, d in zip(self.momentum_keys, self.decays):   # m + (1 - d) * (g - m)
+            new_state[key] = dict(zip(names, torch._foreach_lerp([state[key][k] for k in names], g_list, 1 - d)))
+        if not names:
+            return {}, new_state
+        first = grads[names[0]]
+        P, F_ = first.shape[0], self.num_features
+        sizes = [params[k][0].numel() for k in names]
+        ws = {} if workspace is None else workspace
+
+        def buffer(name: str, *shape: int) -> Tensor:
+            buf = ws.get(name)
+            if buf is None or buf.shape != shape or buf.dtype != first.dtype or buf.device != first.device:
+                buf = ws[name] = torch.empty(shape, dtype=first.dtype, device=first.device)
+            return buf
+        x = buffer("x", P, F_, sum(sizes))
+        off = 0
+        for k, n in zip(names, sizes):                            # each tensor's normalised features
+            seg = x[:, :, off:off + n]                             # (P, F, n_k)
+            for f, src in enumerate([grads[k], params[k], *(new_state[key][k] for key in self.momentum_keys)]):
+                seg[:, f].copy_(src.reshape(P, n))
+            ms = torch.linalg.vector_norm(seg, dim=-1, keepdim=True).square_().div_(n)
+            seg.mul_(ms.add_(NORM_EPS).rsqrt_())
+            off += n
+        embed = self.step_embedding(step, x).unsqueeze(-1)       # (E, 1)
+        weights, biases = [], []
+        for i in range(len(self.layers)):
+            w = meta[f"layers.{i}.weight"].to(x.dtype)            # (P, out, in)
+            b = meta[f"layers.{i}.bias"].to(x.dtype).unsqueeze(-1)  # (P, out, 1)
+            if i == 0:
+                w, b = w[:, :, :F_], b + w[:, :, F_:] @ embed
+            weights.append(w)
+            biases.append(b)
+        out = buffer("out", P, 2, x.shape[2])
+        blocks = _blocks(P, x.shape[2], self.block_size)
+        rows0, cols0 = blocks[0]
+        for rows, cols in blocks:
+            h = x[rows, :, cols]
+            m, c = h.shape[0], h.shape[2]
+            for i, (w, b) in enumerate(zip(weights, biases)):
+                dst = out[rows, :, cols] if i == len(weights) - 1 else \
+                    buffer(f"h{i}", rows0.stop - rows0.start, w.shape[1], cols0.stop - cols0.start)[:m, :, :c]
+                h = torch.baddbmm(b[rows], w[rows], h, out=dst)
+                if i < len(weights) - 1:
+                    h = h.relu_()
+        delta = out[:, 0] * torch.exp(out[:, 1] * self.exp_mult) * (self.step_mult * self.lr)   # (P, n)
+        if self.step_scale == "grad_rms":
+            rms = [grad_rms(grads[k].reshape(P, -1), (1,)).expand(P, n) for k, n in zip(names, sizes)]
+            delta = delta * torch.cat(rms, dim=1).to(delta.dtype)
+        new_params = {k: params[k] - d.reshape(params[k].shape).to(params[k].dtype)
+                      for k, d in zip(names, delta.split(sizes, dim=1))}
         return new_params, new_state
