@@ -198,6 +198,17 @@ def test_mlp_native_member_path_equals_each_member_updated_alone(block_size, ste
             torch.testing.assert_close(s["momentum_0.9"][k][i], st["momentum_0.9"][k], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["mlp", "lstm"])   # the native path and the vmap path
+def test_member_rule_names_a_missing_member_dim(name):
+    rule = make_learned_rule(name)
+    member = MemberRule(rule, meta_vector(rule).expand(3, -1).clone())
+    good = {"w": torch.randn(3, 4)}
+    with torch.no_grad():
+        state = member.init(good)
+        with pytest.raises(ValueError, match="leading population dim of 3, got shape \\(2, 4\\)"):
+            member.update({"w": torch.randn(2, 4)}, state, good)
+
+
 def test_member_rule_keeps_the_graph_when_grad_is_enabled():
     """With grad enabled MemberRule runs the rule under vmap (differentiable), not the native path."""
     torch.manual_seed(0)

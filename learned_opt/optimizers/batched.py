@@ -183,7 +183,7 @@ class MemberRule:
     def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
         native = getattr(self.rule, "update_members", None)
         if native is not None and not torch.is_grad_enabled():
-            for t in split_tree((grads, state, params))[0]:
+            for t in (*grads.values(), *params.values()):   # the state is what init/update made of them
                 if t.dim() == 0 or t.shape[0] != self.size:
                     raise ValueError(f"MemberRule: every tensor needs a leading population dim of {self.size}, "
                                      f"got shape {tuple(t.shape)}")
