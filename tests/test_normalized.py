@@ -17,6 +17,7 @@ from torch.func import functional_call, vmap
 import learned_opt
 from learned_opt.meta.checkpoint import save_checkpoint
 from learned_opt.optimizers import LEARNED_RULES, NormalizedMLPOptimizer, make_learned_rule
+from learned_opt.optimizers.normalized import orthogonalize
 from learned_opt.tasks import make_task
 from learned_opt.unroll import unroll
 
@@ -219,9 +220,9 @@ def test_horizon_features_and_state():
 # --------------------------------------------------------------------------- batching
 
 
-@pytest.mark.parametrize("bias_rule", ["mlp", "adam"])
-def test_population_dim_equals_independent_problems(bias_rule):
-    rule = rule_(bias_rule=bias_rule, step_mult=0.1)
+@pytest.mark.parametrize("bias_rule, orth", [("mlp", False), ("adam", False), ("adam", True)])
+def test_population_dim_equals_independent_problems(bias_rule, orth):
+    rule = rule_(bias_rule=bias_rule, step_mult=0.1, orthogonalize=orth)
     members = [tree(0), tree(1)]
     grads = [[tree(2), tree(3)], [tree(4, 100.0), tree(5, 100.0)]]  # the second member on another scale
     singles = [run(rule, [grads[i][s] for s in range(2)], members[i], horizon=7)[0] for i in range(2)]
@@ -247,11 +248,11 @@ class _UpdateCall(nn.Module):
         return new, {k: v for k, v in new_state.items() if isinstance(v, dict)}
 
 
-@pytest.mark.parametrize("bias_rule, horizon", [("mlp", None), ("adam", 50)])
-def test_vmap_over_perturbed_meta_parameters_equals_separate_updates(bias_rule, horizon):
+@pytest.mark.parametrize("bias_rule, horizon, orth", [("mlp", None, False), ("adam", 50, False), ("mlp", 50, True)])
+def test_vmap_over_perturbed_meta_parameters_equals_separate_updates(bias_rule, horizon, orth):
     """What an ES/PES estimator does: ``vmap`` of ``functional_call`` over stacked meta-parameter
     sets, with shared inner params (in_dims None) and with one inner trajectory per set (in_dims 0)."""
-    rule = rule_(bias_rule=bias_rule, step_mult=0.05)
+    rule = rule_(bias_rule=bias_rule, step_mult=0.05, orthogonalize=orth)
     call = _UpdateCall(rule)
     base = dict(call.named_parameters())
     gen = torch.Generator().manual_seed(7)
@@ -315,7 +316,7 @@ def _functional_update(rule, metas, grads, state, params):
 
 def test_checkpoint_round_trip_rebuilds_the_rule(tmp_path):
     rule = make_learned_rule("celo", hidden_sizes=[16, 16], bias_rule="adam", weight_decay=0.01,
-                             learn_scale=False, magnitude=False)
+                             learn_scale=False, magnitude=False, orthogonalize=True)
     with torch.no_grad():
         for p in rule.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -336,7 +337,7 @@ def test_checkpoint_round_trip_rebuilds_the_rule(tmp_path):
     ({"rms_decays": [1.0]}, "rms_decays"), ({"step_timescales": [0]}, "step_timescales"),
     ({"step_mult": 0.0}, "step_mult"), ({"lr": -1.0}, "lr"), ({"weight_decay": -0.1}, "weight_decay"),
     ({"bias_rule": "sgd"}, "bias_rule"), ({"magnitude": "yes"}, "magnitude"), ({"learn_scale": 1}, "learn_scale"),
-    ({"magnitude_log_range": 0.0}, "magnitude_log_range"),
+    ({"magnitude_log_range": 0.0}, "magnitude_log_range"), ({"orthogonalize": "yes"}, "orthogonalize"),
 ])
 def test_bad_constructor_values_name_the_argument(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -392,3 +393,60 @@ def test_relative_steps_scale_with_the_weights_and_follow_a_rescaling():
     plain_step = (w - plain.update(grads, plain.init(params), params)[0]["w"]).detach()
     torch.testing.assert_close(step, plain_step * w.pow(2).mean().sqrt(), rtol=1e-5, atol=1e-9)
     assert rule.config()["relative_step"] is True and NormalizedMLPOptimizer(**rule.config()).relative_step
+
+
+# --------------------------------------------------------------------------- orthogonalised matrices
+
+
+@pytest.mark.parametrize("shape", [(5, 4), (3, 7), (6, 6), (3, 2, 3, 3)])
+def test_orthogonalize_keeps_the_singular_vectors_and_pushes_singular_values_to_one(shape):
+    """Against the SVD: U^T orth(d) V is diagonal with entries near 1 (Newton-Schulz's quintic ends in
+    about [0.7, 1.2] for singular values down to 1/100 of the largest, as here)."""
+    g = torch.Generator().manual_seed(0)
+    m = shape[0]
+    n = math.prod(shape[1:])
+    k = min(m, n)
+    U, _ = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))
+    S = torch.logspace(0, -2, k, dtype=torch.float64)
+    d = (U * S) @ V.T
+    out = orthogonalize(d.reshape(shape)).reshape(m, n)
+    core = U.T @ out @ V
+    diag = torch.diagonal(core)
+    assert float(diag.min()) > 0.65 and float(diag.max()) < 1.25
+    assert float((core - torch.diag(diag)).abs().max()) < 1e-6
+    # nothing outside the span of d's singular vectors
+    torch.testing.assert_close(U @ core @ V.T, out, rtol=0, atol=1e-9)
+
+
+def test_orthogonalize_is_equivariant_and_scale_free():
+    g = torch.Generator().manual_seed(1)
+    d = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    Q1, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
+    Q2, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    torch.testing.assert_close(orthogonalize(Q1 @ d @ Q2), Q1 @ orthogonalize(d) @ Q2)
+    torch.testing.assert_close(orthogonalize(1e4 * d), orthogonalize(d))
+    batched = orthogonalize(torch.stack([d, 3 * d.flip(0)]), batch_dims=1)
+    torch.testing.assert_close(batched[1], orthogonalize(d.flip(0)))
+
+
+def test_orthogonalized_rule_takes_equal_steps_along_every_singular_direction():
+    """A matrix's step: unit RMS times the scale, and singular values within Newton-Schulz's band, while
+    the plain rule's step keeps more of the gradient's spread; 1-D tensors take the same step either way."""
+    plain, orth = rule_(magnitude=False), rule_(magnitude=False, orthogonalize=True)
+    g = torch.Generator().manual_seed(3)
+    params = tree(0)
+    grads = tree(1)
+    U, _ = torch.linalg.qr(torch.randn(5, 4, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+    grads["matrix"] = (U * torch.tensor([1.0, 0.5, 0.2, 0.1], dtype=torch.float64)) @ V.T   # spread spectrum
+    (a, _), (b, _) = (run(r, [grads], params) for r in (plain, orth))
+    step_plain, step_orth = params["matrix"] - a["matrix"], params["matrix"] - b["matrix"]
+    assert rms(step_orth) == pytest.approx(1e-3, rel=1e-9)
+    s_orth, s_plain = torch.linalg.svdvals(step_orth), torch.linalg.svdvals(step_plain)
+    # Newton-Schulz leaves singular values within about [0.7, 1.2]: a ratio below 1.2 / 0.68
+    assert float(s_orth.max() / s_orth.min()) < 1.8 and float(s_plain.max() / s_plain.min()) > 2.5
+    torch.testing.assert_close(a["bias"], b["bias"], rtol=0, atol=0)
+    torch.testing.assert_close(a["scalar"], b["scalar"], rtol=0, atol=0)
+    s_conv = torch.linalg.svdvals((params["conv"] - b["conv"]).reshape(3, -1))   # conv: (out, in x kh x kw)
+    assert float(s_conv.max() / s_conv.min()) < 1.8

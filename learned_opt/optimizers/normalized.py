@@ -12,6 +12,8 @@ this one; ``H`` = the horizon given to :meth:`NormalizedMLPOptimizer.init`, if a
     time  = [tanh(t / s) for s in step_timescales] + [min(t / H, 1), 1]   ([..., 0, 0] without H)
     x     = [feats, time]
     d     = skip . x + MLP(x)[0]                                (direction, per coordinate)
+    d    <- orth(d)                                             (only with orthogonalize, tensors with >= 2
+                                                                 dims: the nearest semi-orthogonal matrix)
     u     = d / sqrt(mean_over_tensor(d^2) + eps)               (unit RMS over the tensor; u = d with
                                                                  output_norm=False, the ablation)
     s     = 2 * sigmoid(mean_over_tensor(MLP(x)[1]))            (only with magnitude=True; else 1;
@@ -24,6 +26,13 @@ So with ``magnitude=False`` the root mean square of every tensor's step is exact
 learned per-tensor step size in ``(0, 2)`` times that (a learned schedule: it sees the step and
 fraction-of-horizon features). All features are normalised, so the step does not depend on
 the scale of the gradient or of the parameters (for RMS values well above ``sqrt(eps)``).
+
+``orthogonalize=True`` (as Celo2 does for hidden-layer matrices): each tensor with at least two dims
+is seen as a matrix ``(shape[0], rest)`` and its direction replaced by the nearest semi-orthogonal
+matrix ``U V^T`` (``d = U S V^T``), computed by the quintic Newton-Schulz iteration of Muon
+(:func:`orthogonalize`, 5 steps; singular values above ~1/100 of the largest end within about
+[0.7, 1.2], smaller ones grow ~500x), before the
+per-tensor normalisation. Every direction in the matrix then moves by the same amount.
 
 ``bias_rule="adam"``: tensors with at most one dim (biases, gains, scalars) skip the MLP and
 take a plain Adam step (betas 0.9 / 0.999, eps 1e-8, with bias correction, from the
@@ -72,7 +81,7 @@ from .features import reduce_dims, second_moment_normalize
 from .features import rms_key as _rms_key
 from .rule import LearnedRule
 
-__all__ = ["NormalizedMLPOptimizer", "BIAS_RULES"]
+__all__ = ["NormalizedMLPOptimizer", "BIAS_RULES", "orthogonalize"]
 
 DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999)
 RMS_DECAYS = (0.95, 0.999)
@@ -85,6 +94,31 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8   # the bias path's Adam
 INIT_OUT_SCALE = 0.01       # the MLP's last layer starts this much smaller than torch's default
 RELATIVE_FLOOR = 1e-6       # relative_step: the RMS used is sqrt(mean(w^2) + floor^2) (finite gradients at 0)
 NUM_TIME_HORIZON = 2        # fraction-of-horizon features: [min(t / H, 1), 1] (zeros without H)
+
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)   # quintic Newton-Schulz iteration (Jordan et al. 2024, Muon)
+NS_STEPS = 5
+
+
+def orthogonalize(d: Tensor, batch_dims: int = 0, steps: int = NS_STEPS) -> Tensor:
+    """Approximately ``U V^T`` for each matrix ``d = U S V^T``: the tensor (after ``batch_dims`` leading
+    batch dims) seen as a ``(shape[0], prod(rest))`` matrix, normalised by its Frobenius norm and sent
+    through ``steps`` quintic Newton-Schulz iterations ``X <- a X + (b A + c A^2) X``, ``A = X X^T``,
+    which push the singular values towards 1 (into about [0.7, 1.2] for those above ~1/100 of the
+    largest; smaller ones grow ~500x) and keep the singular vectors. Only matrix products: differentiable, and batched under ``vmap``."""
+    shape = d.shape
+    x = d.reshape(*shape[:batch_dims + 1], -1)
+    wide = x.shape[-2] <= x.shape[-1]
+    if not wide:
+        x = x.transpose(-1, -2)
+    x = x * torch.rsqrt((x * x).sum(dim=(-2, -1), keepdim=True) + EPS)
+    a, b, c = NS_COEFFICIENTS
+    for _ in range(steps):
+        gram = x @ x.transpose(-1, -2)
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    if not wide:
+        x = x.transpose(-1, -2)
+    return x.reshape(shape)
 
 
 def _decay_list(field: str, values: Sequence[float], key, allow_empty: bool) -> list[float]:
@@ -119,6 +153,8 @@ class NormalizedMLPOptimizer(LearnedRule):
         weight_decay: decoupled weight decay ``w <- w * (1 - step_mult * lr * weight_decay)``, >= 0.
         bias_rule: ``"mlp"`` (every tensor through the MLP) or ``"adam"`` (tensors with at most
             one dim take an Adam step; needs 0.9 in ``decays`` and 0.999 in ``rms_decays``).
+        orthogonalize: replace the direction of every tensor with at least two dims by the nearest
+            semi-orthogonal matrix (:func:`orthogonalize`) before normalising it (Celo2 / Muon).
         relative_step: multiply each MLP tensor's step by the tensor's own RMS (``sqrt(mean(w^2) +
             RELATIVE_FLOOR^2)``), so ``step_mult`` is a step relative to the weights' size (as in LARS and
             Adafactor) and rescaling a tensor rescales its steps alike; tensors that start at zero should
@@ -137,7 +173,8 @@ class NormalizedMLPOptimizer(LearnedRule):
                  rms_decays: Sequence[float] = RMS_DECAYS, step_timescales: Sequence[float] = TIMESCALES,
                  step_mult: float = 1e-3, lr: float = 1.0, magnitude: bool = True, learn_scale: bool = True,
                  output_norm: bool = True, magnitude_log_range: float | None = None,
-                 weight_decay: float = 0.0, bias_rule: str = "mlp", relative_step: bool = False):
+                 weight_decay: float = 0.0, bias_rule: str = "mlp", relative_step: bool = False,
+                 orthogonalize: bool = False):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
         for i, h in enumerate(hidden_sizes):
@@ -155,7 +192,7 @@ class NormalizedMLPOptimizer(LearnedRule):
             magnitude_log_range = float(magnitude_log_range)
         self.magnitude_log_range = magnitude_log_range
         for field, flag in (("magnitude", magnitude), ("learn_scale", learn_scale), ("output_norm", output_norm),
-                            ("relative_step", relative_step)):
+                            ("relative_step", relative_step), ("orthogonalize", orthogonalize)):
             boolean(field, flag)
         check_choice("bias_rule", bias_rule, BIAS_RULES)
         if bias_rule == "adam" and (ADAM_BETAS[0] not in self.decays or ADAM_BETAS[1] not in self.rms_decays):
@@ -165,7 +202,7 @@ class NormalizedMLPOptimizer(LearnedRule):
         self.step_timescales = [float(s) for s in step_timescales]
         self.step_mult, self.lr, self.weight_decay = float(step_mult), float(lr), float(weight_decay)
         self.magnitude, self.learn_scale, self.bias_rule = magnitude, learn_scale, bias_rule
-        self.output_norm, self.relative_step = output_norm, relative_step
+        self.output_norm, self.relative_step, self.orthogonalize = output_norm, relative_step, orthogonalize
 
         k, r = len(self.decays), len(self.rms_decays)
         self.num_features = 2 + k + r * (1 + k)
@@ -193,7 +230,7 @@ class NormalizedMLPOptimizer(LearnedRule):
                 "step_mult": self.step_mult, "lr": self.lr, "magnitude": self.magnitude, "output_norm": self.output_norm,
                 "magnitude_log_range": self.magnitude_log_range,
                 "learn_scale": self.learn_scale, "weight_decay": self.weight_decay, "bias_rule": self.bias_rule,
-                "relative_step": self.relative_step}
+                "relative_step": self.relative_step, "orthogonalize": self.orthogonalize}
 
     @property
     def momentum_keys(self) -> list[str]:
@@ -291,6 +328,10 @@ class NormalizedMLPOptimizer(LearnedRule):
                 o = o.view(*params[k].shape, 2)
                 direction, mag = o[..., 0], o[..., 1]
                 dims = self._dims(direction)
+                if self.orthogonalize and len(dims) >= 2:
+                    if self.population_dim not in (None, 0):
+                        raise ValueError(f"orthogonalize needs the population dim first, not {self.population_dim}")
+                    direction = orthogonalize(direction, batch_dims=direction.dim() - len(dims))
                 u = second_moment_normalize(direction, dims, EPS) if self.output_norm else direction
                 if self.magnitude:
                     mean_mag = mag.mean(dim=dims, keepdim=True) if dims else mag
