@@ -141,20 +141,28 @@ def test_meta_parameters_stay_finite_when_particles_diverge(tmp_path):
     assert all(torch.isfinite(v).all() for v in params.values())
 
 
-@pytest.mark.parametrize("name", ["lstm", "mlp", "learned_adam"])
+CELO_VARIANTS = {"celo": {}, "celo_adam_orth": {"bias_rule": "adam", "orthogonalize": True},
+                 "celo_wide_relative": {"magnitude_log_range": 2.0, "relative_step": True, "weight_decay": 0.1},
+                 "celo_fixed_scale": {"learn_scale": False, "bias_rule": "adam", "magnitude": False}}
+
+
+@pytest.mark.parametrize("name", ["lstm", "mlp", "learned_adam", *CELO_VARIANTS])
 def test_member_rule_equals_each_member_updated_by_its_own_copy_of_the_rule(name):
+    """Under no_grad the MLP and celo rules take their native member paths, the others vmap."""
     torch.manual_seed(0)
-    rule = make_learned_rule(name)
+    kind, kwargs = ("celo", CELO_VARIANTS[name]) if name in CELO_VARIANTS else (name, {})
+    rule = make_learned_rule(kind, **kwargs)
     thetas = meta_vector(rule) + 0.05 * torch.randn(3, meta_vector(rule).numel())
-    params = {"w": torch.randn(3, 4, 5), "b": torch.randn(3, 5)}
-    grads = [{"w": torch.randn(3, 4, 5), "b": torch.randn(3, 5)} for _ in range(2)]
+    params = {"w": torch.randn(3, 4, 5), "b": torch.randn(3, 5), "c": torch.randn(3, 2, 3, 2, 2), "s": torch.randn(3)}
+    grads = [{k: torch.randn_like(v) for k, v in params.items()} for _ in range(3)]
     batched = MemberRule(rule, thetas)
     with torch.no_grad():
         p, s = params, batched.init(params)
         for g in grads:
             p, s = batched.update(g, s, p)
+    assert vars(rule).get("population_dim") is None and vars(rule).get("_members") is None
     for i in range(3):
-        own = make_learned_rule(name)
+        own = make_learned_rule(kind, **kwargs)
         own.load_state_dict({**rule.state_dict(), **unflatten_meta(rule, thetas[i])})
         q = {k: v[i] for k, v in params.items()}
         with torch.no_grad():

@@ -60,7 +60,10 @@ Batched populations: every per-tensor reduction skips ``population_dim`` when it
 :func:`learned_opt.tasks.population.population_rule`). Batched meta-parameters: ``update`` has no
 host syncs, no data-dependent control flow and no in-place ops, so it runs under
 ``torch.func.vmap`` over stacked meta-parameters given through ``torch.func.functional_call``
-(with or without stacked inner params and state; the int step and horizon stay outside).
+(with or without stacked inner params and state; the int step and horizon stay outside). The
+evolution-strategies estimators instead call :meth:`NormalizedMLPOptimizer.update_members` (under
+``no_grad``): the same update with the member dim first and per-member MLP weights in batched
+matmuls, about 1.5x faster than ``vmap`` on CPU.
 Devices and dtypes as in :mod:`.mlp`: meta-parameters are cast to the features' dtype.
 """
 from __future__ import annotations
@@ -168,6 +171,7 @@ class NormalizedMLPOptimizer(LearnedRule):
     population_dim: int | None = None  # set to skip a leading population dim in every reduction
     uses_horizon = True                # init(params, horizon=...) gives fraction-of-horizon features
     member_batched = False             # True while run with one meta-parameter set per member (batched.MemberRule)
+    _members: dict[str, Tensor] | None = None   # the members' meta-parameters while in update_members
 
     def __init__(self, hidden_sizes: Sequence[int] = (8, 8), decays: Sequence[float] = DECAYS,
                  rms_decays: Sequence[float] = RMS_DECAYS, step_timescales: Sequence[float] = TIMESCALES,
@@ -279,6 +283,33 @@ class NormalizedMLPOptimizer(LearnedRule):
         frac = [min(step / horizon, 1.0), 1.0] if horizon else [0.0, 0.0]
         return torch.cat([torch.tanh(inv * step), inv.new_tensor(frac)]).to(like.dtype)
 
+    def _meta(self, name: str) -> Tensor:
+        """A meta-parameter (or buffer) by name: the rule's own, or in :meth:`update_members` the members'
+        stacked ``(P, ...)`` values when they are among the perturbed ones."""
+        members = self._members
+        if members is not None and name in members:
+            return members[name]
+        module, _, attr = name.rpartition(".")
+        return getattr(self.get_submodule(module) if module else self, attr)
+
+    def mlp_members(self, feats: Tensor, time: Tensor) -> Tensor:
+        """:meth:`mlp` with each member's own weights (in :meth:`update_members`): ``feats`` ``(P, N, features)``,
+        ``time`` the ``(T,)`` time features (the same for every coordinate, so folded into the first
+        layer's bias and the skip's constant), returns ``(P, N, 2)``."""
+        nf = self.num_features
+        h = feats
+        for i in range(len(self.layers)):
+            w = self._meta(f"layers.{i}.weight").to(feats.dtype)
+            b = self._meta(f"layers.{i}.bias").to(feats.dtype)
+            if i == 0:
+                w, b = w[:, :, :nf], b + w[:, :, nf:] @ time
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i < len(self.layers) - 1:
+                h = h.relu_()
+        skip = self._meta("skip").to(feats.dtype)
+        direction = h[..., 0] + (feats @ skip[:, :nf].unsqueeze(-1)).squeeze(-1) + (skip[:, nf:] @ time).unsqueeze(-1)
+        return torch.stack([direction, h[..., 1]], dim=-1)
+
     def mlp(self, x: Tensor) -> Tensor:
         """The MLP on a batch of inputs ``(N, num_inputs)``: ``(N, 2)`` = (direction, magnitude) with the skip."""
         h = x
@@ -301,6 +332,27 @@ class NormalizedMLPOptimizer(LearnedRule):
             state["horizon"] = horizon
         return state
 
+    def update_members(self, meta: dict[str, Tensor], grads: Params, state: State, params: Params,
+                       workspace: dict | None = None) -> tuple[Params, State]:
+        """:meth:`update` of ``P`` population members at once under ``no_grad``, member ``i`` with the
+        meta-parameters ``meta[name][i]`` (every tensor has a leading member dim ``P``): what
+        :class:`~.batched.MemberRule` calls instead of ``vmap`` (the evolution-strategies estimators).
+        The same code as :meth:`update` with the population dim first, each member's coordinates
+        through its own MLP as one batched matmul, and the learned scales per member. Equal to
+        :meth:`update` on each member up to float rounding (tested)."""
+        if self.population_dim is not None:
+            raise ValueError("update_members gives each member its own tensors: leave population_dim unset")
+        saved = {k: vars(self)[k] for k in ("population_dim", "_members") if k in vars(self)}
+        self.population_dim, self._members = 0, meta
+        try:
+            return self.update(grads, state, params)
+        finally:
+            for k in ("population_dim", "_members"):
+                if k in saved:
+                    setattr(self, k, saved[k])
+                else:
+                    delattr(self, k)
+
     def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
         check_keys(grads, params)
         names, step, horizon = list(params), state["step"], state.get("horizon")
@@ -320,12 +372,17 @@ class NormalizedMLPOptimizer(LearnedRule):
         if mlp_names:
             feats = [self.features(grads[k], params[k], [new_state[key][k] for key in self.momentum_keys],
                                    [new_state[key][k] for key in self.rms_keys]) for k in mlp_names]
-            flat = torch.cat([f.reshape(-1, self.num_features) for f in feats])
-            time = self.time_features(step, horizon, flat).expand(flat.shape[0], -1)
-            out = self.mlp(torch.cat([flat, time], dim=-1))
-            scale = torch.exp(self.log_scale.to(out.dtype)) * alpha
-            for k, o in zip(mlp_names, out.split([params[k].numel() for k in mlp_names])):
-                o = o.view(*params[k].shape, 2)
+            members = self._members is not None   # (P, coordinates, features): one MLP per member
+            lead = (feats[0].shape[0],) if members else ()
+            flat = torch.cat([f.reshape(*lead, -1, self.num_features) for f in feats], dim=len(lead))
+            time = self.time_features(step, horizon, flat)
+            out = self.mlp_members(flat, time) if members else \
+                self.mlp(torch.cat([flat, time.expand(flat.shape[0], -1)], dim=-1))
+            log_scale = self._meta("log_scale").to(out.dtype)
+            sizes = [params[k][0].numel() if members else params[k].numel() for k in mlp_names]
+            for k, o in zip(mlp_names, out.split(sizes, dim=len(lead))):
+                o = o.reshape(*params[k].shape, 2)
+                scale = torch.exp(log_scale.view(-1, *[1] * (o.dim() - 2)) if members else log_scale) * alpha
                 direction, mag = o[..., 0], o[..., 1]
                 dims = self._dims(direction)
                 if self.orthogonalize and len(dims) >= 2:
@@ -346,10 +403,11 @@ class NormalizedMLPOptimizer(LearnedRule):
             t = step + 1
             b1, b2 = ADAM_BETAS
             m_key, v_key = _momentum_key(b1), _rms_key(b2)
-            bias_scale = torch.exp(self.log_bias_scale) * (alpha / (1 - b1 ** t))
+            bias_scale = torch.exp(self._meta("log_bias_scale")) * (alpha / (1 - b1 ** t))
             for k in small:
                 m, v = new_state[m_key][k], new_state[v_key][k]
-                steps[k] = bias_scale.to(m.dtype) * m / (torch.sqrt(v + EPS) / math.sqrt(1 - b2 ** t) + ADAM_EPS)
+                b_scale = bias_scale.view(-1, *[1] * (m.dim() - 1)) if self._members is not None else bias_scale
+                steps[k] = b_scale.to(m.dtype) * m / (torch.sqrt(v + EPS) / math.sqrt(1 - b2 ** t) + ADAM_EPS)
         decay = 1 - alpha * self.weight_decay
         new_params = {k: (params[k] * decay if self.weight_decay else params[k]) - steps[k].to(params[k].dtype)
                       for k in names}
