@@ -89,3 +89,21 @@ def test_generalization_suite_tiny_end_to_end(tmp_path):
     assert "### Across tasks" in md and across["adam@tuned"]["geomean_vs_reference"] == 1.0
     assert across["adam@default"]["geomean_vs_baseline"] == 1.0 and across["mlp_lopt"]["tasks"] == len(keep)
     assert Path(run_dir / "scores.png").stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------- the selection set
+
+SELECTION = composed_config("selection", resolve=True)
+
+
+def test_selection_config_validates_and_is_disjoint_from_the_suite():
+    """configs/selection.yaml chooses between candidates: its tasks are outside the family and none is a
+    suite task, and its seeds are neither the suite's nor the tuning seeds."""
+    cfg = {k: v for k, v in SELECTION.items() if k != "resume"}
+    specs, suite = check_config(cfg, torch.device("cpu"))
+    assert len(suite) == len(SELECTION["suite"]) >= 5 and {"adam", "celo_general"} <= {s.label for s in specs}
+    strip = lambda spec: {k: v for k, v in spec.items() if k != "steps"}  # noqa: E731
+    for label, spec in SELECTION["suite"].items():
+        assert outside_family(spec), f"selection.{label} lies inside configs/family/general.yaml"
+        assert all(strip(spec) != strip(s) for s in CONFIG["suite"].values()), f"selection.{label} is a suite task"
+    assert not set(SELECTION["seeds"]) & (set(CONFIG["seeds"]) | set(SELECTION["tuning"]["seeds"]))
