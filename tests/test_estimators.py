@@ -141,6 +141,27 @@ def test_meta_parameters_stay_finite_when_particles_diverge(tmp_path):
     assert all(torch.isfinite(v).all() for v in params.values())
 
 
+def run_members(rule, thetas, params, grads):
+    """``grads`` applied to the stacked ``params`` by MemberRule under no_grad: (params, state, the MemberRule)."""
+    member = MemberRule(rule, thetas)
+    with torch.no_grad():
+        p, s = params, member.init(params)
+        for g in grads:
+            p, s = member.update(g, s, p)
+    return p, s, member
+
+
+def run_alone(own, rule, theta, params, grads, i):
+    """Member ``i`` updated by ``own`` (a fresh rule of ``rule``'s kind) loaded with ``theta``: (params, state)."""
+    own.load_state_dict({**rule.state_dict(), **unflatten_meta(rule, theta)})
+    q = {k: v[i] for k, v in params.items()}
+    with torch.no_grad():
+        st = own.init(q)
+        for g in grads:
+            q, st = own.update({k: v[i] for k, v in g.items()}, st, q)
+    return q, st
+
+
 CELO_VARIANTS = {"celo": {}, "celo_adam_orth": {"bias_rule": "adam", "orthogonalize": True},
                  "celo_wide_relative": {"magnitude_log_range": 2.0, "relative_step": True, "weight_decay": 0.1},
                  "celo_fixed_scale": {"learn_scale": False, "bias_rule": "adam", "magnitude": False}}
@@ -155,20 +176,10 @@ def test_member_rule_equals_each_member_updated_by_its_own_copy_of_the_rule(name
     thetas = meta_vector(rule) + 0.05 * torch.randn(3, meta_vector(rule).numel())
     params = {"w": torch.randn(3, 4, 5), "b": torch.randn(3, 5), "c": torch.randn(3, 2, 3, 2, 2), "s": torch.randn(3)}
     grads = [{k: torch.randn_like(v) for k, v in params.items()} for _ in range(3)]
-    batched = MemberRule(rule, thetas)
-    with torch.no_grad():
-        p, s = params, batched.init(params)
-        for g in grads:
-            p, s = batched.update(g, s, p)
+    p, _, _ = run_members(rule, thetas, params, grads)
     assert vars(rule).get("population_dim") is None and vars(rule).get("_members") is None
     for i in range(3):
-        own = make_learned_rule(kind, **kwargs)
-        own.load_state_dict({**rule.state_dict(), **unflatten_meta(rule, thetas[i])})
-        q = {k: v[i] for k, v in params.items()}
-        with torch.no_grad():
-            st = own.init(q)
-            for g in grads:
-                q, st = own.update({k: v[i] for k, v in g.items()}, st, q)
+        q, _ = run_alone(make_learned_rule(kind, **kwargs), rule, thetas[i], params, grads, i)
         for k in q:
             torch.testing.assert_close(p[k][i], q[k], rtol=1e-6, atol=1e-7)
 
@@ -186,20 +197,10 @@ def test_mlp_native_member_path_equals_each_member_updated_alone(block_size, ste
     shapes = {"w": (6, 4), "b": (4,), "v": (3, 2, 2), "s": ()}
     params = {k: torch.randn(P, *s, dtype=dtype) for k, s in shapes.items()}
     grads = [{k: torch.randn(P, *s, dtype=dtype) for k, s in shapes.items()} for _ in range(3)]
-    member = MemberRule(rule, thetas)
-    with torch.no_grad():
-        p, s = params, member.init(params)
-        for g in grads:
-            p, s = member.update(g, s, p)
+    p, s, member = run_members(rule, thetas, params, grads)
     assert member._workspace, "the native path (with its reused buffers) was not taken"
     for i in range(P):
-        own = make_learned_rule("mlp", step_scale=step_scale)
-        own.load_state_dict({**rule.state_dict(), **unflatten_meta(rule, thetas[i])})
-        q = {k: v[i] for k, v in params.items()}
-        with torch.no_grad():
-            st = own.init(q)
-            for g in grads:
-                q, st = own.update({k: v[i] for k, v in g.items()}, st, q)
+        q, st = run_alone(make_learned_rule("mlp", step_scale=step_scale), rule, thetas[i], params, grads, i)
         for k in q:
             assert p[k].dtype == dtype
             torch.testing.assert_close(p[k][i], q[k], rtol=1e-5, atol=1e-6)

@@ -133,25 +133,28 @@ class MemberRule:
             raise ValueError("MemberRule gives each member its own tensors: leave the rule's population_dim unset")
         self.rule = rule
         named = thetas if isinstance(thetas, dict) else unflatten_meta(rule, thetas)
-        self.meta = {f"rule.{k}": v for k, v in named.items()}
+        self.named = dict(named)                                 # by the rule's own names (update_members)
+        self.meta = {f"rule.{k}": v for k, v in named.items()}  # by functional_call's names (vmap)
         self.size = next(iter(self.meta.values())).shape[0]
         self._calls = {m: _Call(rule, m) for m in ("init", "update")}
         self._workspace: dict = {}   # update_members' scratch buffers, reused across the steps of an unroll
 
     def __getattr__(self, name: str) -> Any:  # config(), hparam_names, ... of the wrapped rule
-        if name in ("rule", "meta", "size", "_calls", "_workspace"):
+        if name in ("rule", "named", "meta", "size", "_calls", "_workspace", "_check_members"):
             raise AttributeError(name)
         return getattr(self.rule, name)
+
+    def _check_members(self, tensors: Any) -> None:
+        for t in tensors:
+            if t.dim() == 0 or t.shape[0] != self.size:
+                raise ValueError(f"MemberRule: every tensor needs a leading population dim of {self.size}, "
+                                 f"got shape {tuple(t.shape)}")
 
     def _map(self, method: str, *trees: Any) -> Any:
         flat = [split_tree(t) for t in trees]
         leaves = [f[0] for f in flat]
         counts = [len(x) for x in leaves]
-        for x in leaves:
-            for t in x:
-                if t.dim() == 0 or t.shape[0] != self.size:
-                    raise ValueError(f"MemberRule: every tensor needs a leading population dim of {self.size}, "
-                                     f"got shape {tuple(t.shape)}")
+        self._check_members(t for x in leaves for t in x)
         out_rebuild: list[Callable] = []
         call = self._calls[method]
 
@@ -183,9 +186,6 @@ class MemberRule:
     def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
         native = getattr(self.rule, "update_members", None)
         if native is not None and not torch.is_grad_enabled():
-            for t in (*grads.values(), *params.values()):   # the state is what init/update made of them
-                if t.dim() == 0 or t.shape[0] != self.size:
-                    raise ValueError(f"MemberRule: every tensor needs a leading population dim of {self.size}, "
-                                     f"got shape {tuple(t.shape)}")
-            return native({k[len("rule."):]: v for k, v in self.meta.items()}, grads, state, params, self._workspace)
+            self._check_members((*grads.values(), *params.values()))   # the state is what init/update made of them
+            return native(self.named, grads, state, params, self._workspace)
         return self._map("update", grads, state, params)

@@ -220,6 +220,7 @@ class MLPOptimizer(LearnedRule):
             seg = x[:, :, off:off + n]                             # (P, F, n_k)
             for f, src in enumerate([grads[k], params[k], *(new_state[key][k] for key in self.momentum_keys)]):
                 seg[:, f].copy_(src.reshape(P, n))
+            # second_moment_normalize(seg, (2,)), in place on the buffer
             ms = torch.linalg.vector_norm(seg, dim=-1, keepdim=True).square_().div_(n)
             seg.mul_(ms.add_(NORM_EPS).rsqrt_())
             off += n

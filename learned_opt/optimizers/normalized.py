@@ -292,6 +292,11 @@ class NormalizedMLPOptimizer(LearnedRule):
         module, _, attr = name.rpartition(".")
         return getattr(self.get_submodule(module) if module else self, attr)
 
+    def _per_member(self, value: Tensor, like: Tensor) -> Tensor:
+        """A learned scale shaped to multiply ``like``: in :meth:`update_members` one value per member
+        (``(P,)`` viewed as ``(P, 1, ...)``), otherwise the scalar itself."""
+        return value.view(-1, *[1] * (like.dim() - 1)) if self._members is not None else value
+
     def mlp_members(self, feats: Tensor, time: Tensor) -> Tensor:
         """:meth:`mlp` with each member's own weights (in :meth:`update_members`): ``feats`` ``(P, N, features)``,
         ``time`` the ``(T,)`` time features (the same for every coordinate, so folded into the first
@@ -378,11 +383,10 @@ class NormalizedMLPOptimizer(LearnedRule):
             time = self.time_features(step, horizon, flat)
             out = self.mlp_members(flat, time) if members else \
                 self.mlp(torch.cat([flat, time.expand(flat.shape[0], -1)], dim=-1))
-            log_scale = self._meta("log_scale").to(out.dtype)
+            scale = torch.exp(self._meta("log_scale").to(out.dtype)) * alpha
             sizes = [params[k][0].numel() if members else params[k].numel() for k in mlp_names]
             for k, o in zip(mlp_names, out.split(sizes, dim=len(lead))):
                 o = o.reshape(*params[k].shape, 2)
-                scale = torch.exp(log_scale.view(-1, *[1] * (o.dim() - 2)) if members else log_scale) * alpha
                 direction, mag = o[..., 0], o[..., 1]
                 dims = self._dims(direction)
                 if self.orthogonalize and len(dims) >= 2:
@@ -397,7 +401,7 @@ class NormalizedMLPOptimizer(LearnedRule):
                 if self.relative_step:  # times the tensor's own RMS: the step follows a rescaling of w
                     w = params[k].to(u.dtype)
                     u = u * torch.sqrt(((w * w).mean(dim=dims, keepdim=True) if dims else w * w) + RELATIVE_FLOOR ** 2)
-                steps[k] = scale * u
+                steps[k] = self._per_member(scale, u) * u
         small = [k for k in names if k not in steps]
         if small:
             t = step + 1
@@ -406,8 +410,7 @@ class NormalizedMLPOptimizer(LearnedRule):
             bias_scale = torch.exp(self._meta("log_bias_scale")) * (alpha / (1 - b1 ** t))
             for k in small:
                 m, v = new_state[m_key][k], new_state[v_key][k]
-                b_scale = bias_scale.view(-1, *[1] * (m.dim() - 1)) if self._members is not None else bias_scale
-                steps[k] = b_scale.to(m.dtype) * m / (torch.sqrt(v + EPS) / math.sqrt(1 - b2 ** t) + ADAM_EPS)
+                steps[k] = self._per_member(bias_scale, m).to(m.dtype) * m / (torch.sqrt(v + EPS) / math.sqrt(1 - b2 ** t) + ADAM_EPS)
         decay = 1 - alpha * self.weight_decay
         new_params = {k: (params[k] * decay if self.weight_decay else params[k]) - steps[k].to(params[k].dtype)
                       for k in names}
