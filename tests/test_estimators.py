@@ -353,3 +353,58 @@ def test_learned_opt_load_finds_shipped_optimizers_by_short_name(tmp_path):
         learned_opt.load("no_such_optimizer")
     with pytest.raises(CheckpointError, match="not found"):
         learned_opt.load(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------- meta.log_ratio_floor
+def test_log_ratio_floor_clips_each_steps_log_ratio_from_below():
+    from learned_opt.meta.inner import InnerProblems
+    losses = torch.tensor([[2.0, 1.0], [0.5, 1e-13], [1e-3, 0.9]], dtype=torch.float64)   # (K, N)
+    ref = torch.tensor([2.0, 1.0], dtype=torch.float64)
+    logs = np.log(losses.numpy() / ref.numpy())
+    for floor in (None, -4.6):
+        inner = InnerProblems(FAMILY, horizon=5, truncation=5, num_tasks=1, device=CPU,
+                              generator=torch.Generator().manual_seed(0), meta_loss="log_ratio",
+                              log_ratio_floor=floor)
+        expected = logs.mean(0) if floor is None else np.maximum(logs, floor).mean(0)
+        np.testing.assert_allclose(inner.loss(losses, ref).numpy(), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="needs meta_loss='log_ratio'"):
+        InnerProblems(FAMILY, horizon=5, truncation=5, num_tasks=1, device=CPU,
+                      generator=torch.Generator(), meta_loss="log_mean", log_ratio_floor=-1.0)
+    with pytest.raises(ValueError, match="finite negative number"):
+        InnerProblems(FAMILY, horizon=5, truncation=5, num_tasks=1, device=CPU,
+                      generator=torch.Generator(), meta_loss="log_ratio", log_ratio_floor=0.5)
+
+
+def test_a_floor_every_step_is_below_leaves_es_no_meta_gradient():
+    """SGD on the quadratic lowers the loss at every step: with a floor just below 0 every step after the
+    first is clipped, so all particles have the same meta-loss and the ES estimate is exactly 0 (not so
+    without the floor)."""
+    rule = sgd_rule()
+    free = make(TruncatedES, 5, 5, std=0.3, pairs=2, meta_loss="log_ratio").estimate(rule).grads[0]
+    floored = make(TruncatedES, 5, 5, std=0.3, pairs=2, meta_loss="log_ratio",
+                   log_ratio_floor=-1e-9).estimate(rule).grads[0]
+    assert float(free.abs()) > 1e-3 and float(floored.abs()) == 0.0
+
+
+def test_validation_scores_use_the_meta_losss_floor():
+    from learned_opt.meta.trainer import held_out_scores, validation_loss
+    family = make_family("mlp_family", datasets=["digits"], widths=[8], depths=[1], activations=["tanh"],
+                         batch_size=16)
+    rule = make_learned_rule("mlp", hidden_sizes=[8])
+    cfg = {"meta": {"horizon": 30, "log_ratio_floor": -0.002},
+           "validation": {"tasks": 2, "steps": 30, "metric": "log_ratio"}}
+    floored = validation_loss(rule, family, cfg, CPU)
+    # independent: the same held-out unrolls' losses, clipped here
+    from learned_opt.meta.trainer import VALIDATION_SEED, generator
+    from learned_opt.unroll import init_state
+    expected = []
+    for i in range(2):
+        task = family.sample(torch.Generator().manual_seed(VALIDATION_SEED + i))
+        g = generator(VALIDATION_SEED + i, CPU)
+        params = task.init_params(g)
+        with torch.no_grad():
+            res = unroll(task, rule, params, init_state(rule, params, 30), 30, g)
+        expected.append(float(np.maximum(np.log(res.losses.numpy() / float(res.losses[0])), -0.002).mean()))
+    assert floored == pytest.approx(float(np.mean(expected)), rel=1e-4)
+    free = np.mean(held_out_scores(rule, family, 2, 30, "log_ratio", CPU))
+    assert floored > free   # the rule lowers the loss below the floor on these tasks

@@ -148,6 +148,11 @@ def test_the_estimator_keys_of_the_config_are_known_and_range_checked():
     check_meta_train_config(cfg_with(meta__estimator="bptt"))
     with pytest.raises(ConfigError, match="needs the block es"):
         check_meta_train_config(cfg_with(meta__estimator="es"))
+    check_meta_train_config(cfg_with(meta__meta_loss="log_ratio", meta__log_ratio_floor=-6.9))
+    with pytest.raises(ConfigError, match="log_ratio_floor=-6.9 is not allowed with meta.meta_loss='mean'"):
+        check_meta_train_config(cfg_with(meta__meta_loss="mean", meta__log_ratio_floor=-6.9))
+    with pytest.raises(ConfigError, match="log_ratio_floor"):
+        check_meta_train_config(cfg_with(meta__meta_loss="log_ratio", meta__log_ratio_floor=1.0))
 
 
 class _PoisonedSGD(torch.optim.SGD):

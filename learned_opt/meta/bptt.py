@@ -59,10 +59,12 @@ class TruncatedBPTT:
     def __init__(self, family: TaskFamily, *, horizon: int, truncation: int, num_tasks: int,
                  device: torch.device, generator: torch.Generator, first_order: bool = False,
                  meta_loss: str = "mean", divergence_factor: float = 1e3, population: int = 1,
-                 checkpoint_segments: int = 1, slot_offset: int = 0, stagger: bool = False):
+                 checkpoint_segments: int = 1, slot_offset: int = 0, stagger: bool = False,
+                 log_ratio_floor: float | None = None):
         self.inner = InnerProblems(family, horizon=horizon, truncation=truncation, num_tasks=num_tasks,
                                    device=device, generator=generator, population=population,
-                                   slot_offset=slot_offset, meta_loss=meta_loss, stagger=stagger)
+                                   slot_offset=slot_offset, meta_loss=meta_loss, stagger=stagger,
+                                   log_ratio_floor=log_ratio_floor)
         if isinstance(checkpoint_segments, bool) or not isinstance(checkpoint_segments, int) \
                 or not 1 <= checkpoint_segments <= truncation:
             raise ValueError(f"checkpoint_segments={checkpoint_segments!r} must be an integer in "

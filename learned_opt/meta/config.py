@@ -42,6 +42,7 @@ SCHEMA = {
         "clip_grad_norm": Field(optional(number(0, low_open=True))),
         "first_order": Field(boolean),
         "meta_loss": Field(choice(*META_LOSSES)),
+        "log_ratio_floor": Field(optional(number(-1e9, 0, high_open=True))),
         "divergence_factor": Field(number(0, low_open=True, finite=False)),
         "population": Field(integer(1)),
         "checkpoint_segments": Field(integer(1)),
@@ -72,6 +73,9 @@ def check_meta_train_config(cfg: dict) -> None:
     if segments > meta["truncation"]:
         raise ConfigError(f"meta.checkpoint_segments={segments!r} is not allowed; allowed: an integer in "
                           f"[1, meta.truncation={meta['truncation']}] (1: no gradient checkpointing)")
+    if meta.get("log_ratio_floor") is not None and meta.get("meta_loss", "mean") != "log_ratio":
+        raise ConfigError(f"meta.log_ratio_floor={meta['log_ratio_floor']!r} is not allowed with meta.meta_loss="
+                          f"{meta.get('meta_loss', 'mean')!r}; allowed: null (or set meta.meta_loss=log_ratio)")
     val = cfg.get("validation") or {}
     if val.get("every", 0) and val.get("tasks", 0) < 1:
         raise ConfigError(f"validation.tasks={val.get('tasks', 0)!r} is not allowed with validation.every="

@@ -51,7 +51,7 @@ class TruncatedES:
 
     Args:
         family, horizon, truncation, num_tasks, device, generator, population, slot_offset,
-        meta_loss, stagger: the inner problems (:class:`~learned_opt.meta.inner.InnerProblems`).
+        meta_loss, stagger, log_ratio_floor: the inner problems (:class:`~learned_opt.meta.inner.InnerProblems`).
         std: standard deviation of the perturbations. pairs: antithetic pairs per slot.
         divergence_factor: a particle's inner loss above this x its reference loss is clipped.
     """
@@ -62,12 +62,14 @@ class TruncatedES:
     def __init__(self, family: TaskFamily, *, horizon: int, truncation: int, num_tasks: int,
                  device: torch.device, generator: torch.Generator, std: float = 0.01, pairs: int = 4,
                  meta_loss: str = "mean", divergence_factor: float = 1e3, population: int = 1,
-                 slot_offset: int = 0, stagger: bool = False):
+                 slot_offset: int = 0, stagger: bool = False,
+                 log_ratio_floor: float | None = None):
         check_es_options(std, pairs, self.name)
         check_number("divergence_factor", divergence_factor, 1, low_open=True)
         self.inner = InnerProblems(family, horizon=horizon, truncation=truncation, num_tasks=num_tasks,
                                    device=device, generator=generator, population=population,
-                                   slot_offset=slot_offset, meta_loss=meta_loss, stagger=stagger)
+                                   slot_offset=slot_offset, meta_loss=meta_loss, stagger=stagger,
+                                   log_ratio_floor=log_ratio_floor)
         self.std, self.pairs, self.divergence_factor = float(std), int(pairs), float(divergence_factor)
         self.noise = [self.inner.noise_generator(i) for i in range(num_tasks)]
 

@@ -34,7 +34,9 @@ horizon in every meta-step.
 Meta-losses of one truncation (over its inner training losses ``l_1..l_K``):
 ``mean`` (mean of the l_k), ``log_mean`` (mean of log l_k), ``log_ratio`` (mean of
 log(l_k / l_ref), ``l_ref`` the slot's reference loss: 0 at the start of every task, so no
-task dominates by the size of its losses).
+task dominates by the size of its losses). ``log_ratio_floor`` (with ``log_ratio``) clips each
+log(l_k / l_ref) from below: a task whose loss collapses (memorised, ``l_k`` ~ 1e-13) then stops
+paying for ever finer convergence, and its log-ratios of -30 no longer outweigh every other task.
 """
 from __future__ import annotations
 
@@ -55,6 +57,18 @@ __all__ = ["InnerProblems", "Slot", "Estimate", "META_LOSSES", "detach_tree", "t
 META_LOSSES = ("mean", "log_mean", "log_ratio")
 MAX_REDRAWS = 1000  # populations: draws per member to find a task of the group's shapes
 NOISE_SALT = 0x5DEECE66D  # separates a slot's noise stream from its task-seed stream
+
+
+def check_floor(floor: float | None, meta_loss: str) -> float | None:
+    """``log_ratio_floor``: ``None`` or a finite negative number, and only with ``meta_loss="log_ratio"``."""
+    if floor is None:
+        return None
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not -1e9 < floor < 0:
+        raise ValueError(f"log_ratio_floor={floor!r} is not allowed; allowed: null or a finite negative number "
+                         f"(e.g. -6.9 = log(1e-3): a step's loss counts down to 1e-3 x the task's first loss)")
+    if meta_loss != "log_ratio":
+        raise ValueError(f"log_ratio_floor={floor!r} needs meta_loss='log_ratio' (got {meta_loss!r})")
+    return float(floor)
 
 
 def detach_tree(obj: Any) -> Any:
@@ -128,12 +142,14 @@ class InnerProblems:
         population: slots unrolled at once as one batched population (divides ``num_tasks``).
         slot_offset: global index of slot 0 (data-parallel workers: ``rank * num_tasks``).
         meta_loss: ``mean``, ``log_mean`` or ``log_ratio``.
+        log_ratio_floor: ``log_ratio`` only: each step's log(loss / reference) is clipped below at this
+            (a negative number; ``None``: no floor).
         stagger: shorten every slot's first horizon by a random number of truncations.
     """
 
     def __init__(self, family: TaskFamily, *, horizon: int, truncation: int, num_tasks: int,
                  device: torch.device, generator: torch.Generator, population: int = 1, slot_offset: int = 0,
-                 meta_loss: str = "mean", stagger: bool = False):
+                 meta_loss: str = "mean", stagger: bool = False, log_ratio_floor: float | None = None):
         if truncation < 1 or horizon < truncation:
             raise ValueError(f"need 1 <= truncation <= horizon, got truncation={truncation}, horizon={horizon}")
         check_int("num_tasks", num_tasks, 1)
@@ -144,6 +160,7 @@ class InnerProblems:
                              f"num_tasks={num_tasks} (the slots are unrolled in groups of that size)")
         check_int("slot_offset", slot_offset, 0)
         boolean("stagger", stagger)
+        self.log_ratio_floor = check_floor(log_ratio_floor, meta_loss)
         self.family, self.horizon, self.truncation = family, horizon, truncation
         self.num_tasks, self.device, self.generator = num_tasks, device, generator
         self.population, self.slot_offset, self.meta_loss, self.stagger = population, slot_offset, meta_loss, stagger
@@ -252,8 +269,10 @@ class InnerProblems:
             return logs
         if reference is None:
             reference = losses[0].detach()
-        ref = torch.as_tensor(reference, dtype=losses.dtype, device=losses.device)
-        return logs - ref.clamp_min(1e-30).log()
+        ref = torch.as_tensor(reference, dtype=losses.dtype, device=losses.device).clamp_min(1e-30).log()
+        if self.log_ratio_floor is None:
+            return logs - ref
+        return (losses.clamp_min(1e-30).log() - ref).clamp_min(self.log_ratio_floor).mean(0)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:

@@ -112,7 +112,8 @@ def build_estimator(cfg: dict, family, device: torch.device, rank: int = 0):
     kw = dict(horizon=meta["horizon"], truncation=meta["truncation"], num_tasks=meta["tasks_per_step"],
               device=device, generator=generator(cfg["seed"]), meta_loss=meta.get("meta_loss", "mean"),
               divergence_factor=meta.get("divergence_factor", 1e3), population=meta.get("population", 1),
-              slot_offset=rank * meta["tasks_per_step"], stagger=meta.get("stagger", False))
+              slot_offset=rank * meta["tasks_per_step"], stagger=meta.get("stagger", False),
+              log_ratio_floor=meta.get("log_ratio_floor"))
     if name == "bptt":
         return TruncatedBPTT(family, first_order=meta.get("first_order", False),
                              checkpoint_segments=meta.get("checkpoint_segments", 1), **kw)
@@ -124,11 +125,11 @@ VALIDATION_SEED = 10_000_000  # held out: training task seeds are drawn from the
 
 
 def held_out_scores(rule: nn.Module, family, tasks: int, steps: int, metric: str, device: torch.device,
-                    first_seed: int = VALIDATION_SEED) -> list[float]:
+                    first_seed: int = VALIDATION_SEED, floor: float | None = None) -> list[float]:
     """One score per held-out task ``family.sample(seed)``, ``seed = first_seed + i`` for ``i < tasks``, each
     run for ``steps`` steps without a meta-gradient (a horizon-aware rule is told ``steps``): its mean training
-    loss, or with ``metric="log_ratio"`` the mean of log(loss / first loss) (tasks weigh alike); inf if the
-    task diverged."""
+    loss, or with ``metric="log_ratio"`` the mean of log(loss / first loss) (tasks weigh alike), each step's
+    log-ratio clipped below at ``floor`` when given (``meta.log_ratio_floor``); inf if the task diverged."""
     scores = []
     for i in range(tasks):
         seed = first_seed + i
@@ -141,7 +142,8 @@ def held_out_scores(rule: nn.Module, family, tasks: int, steps: int, metric: str
         if res.diverged:
             scores.append(math.inf)
         elif metric == "log_ratio":
-            scores.append(float((res.losses.clamp_min(1e-30).log() - res.losses[0].clamp_min(1e-30).log()).mean()))
+            ratios = res.losses.clamp_min(1e-30).log() - res.losses[0].clamp_min(1e-30).log()
+            scores.append(float((ratios if floor is None else ratios.clamp_min(floor)).mean()))
         else:
             scores.append(float(res.losses.mean()))
     return scores
@@ -149,10 +151,13 @@ def held_out_scores(rule: nn.Module, family, tasks: int, steps: int, metric: str
 
 def validation_loss(rule: nn.Module, family, cfg: dict, device: torch.device) -> float:
     """Mean of :func:`held_out_scores` over ``validation.tasks`` fixed held-out tasks, ``validation.steps``
-    steps each, ``validation.metric`` (``mean_loss`` or ``log_ratio``)."""
+    steps each, ``validation.metric`` (``mean_loss`` or ``log_ratio``, clipped below at ``meta.log_ratio_floor``
+    like the meta-loss)."""
     val = cfg.get("validation") or {}
     n, steps = int(val.get("tasks", 0)), int(val.get("steps", cfg["meta"]["horizon"]))
-    scores = held_out_scores(rule, family, n, steps, val.get("metric", "mean_loss"), device)
+    metric = val.get("metric", "mean_loss")
+    floor = cfg["meta"].get("log_ratio_floor") if metric == "log_ratio" else None
+    scores = held_out_scores(rule, family, n, steps, metric, device, floor=floor)
     return sum(scores) / n if n else float("nan")
 
 
