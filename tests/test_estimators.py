@@ -207,6 +207,34 @@ def test_mlp_native_member_path_equals_each_member_updated_alone(block_size, ste
             torch.testing.assert_close(s["momentum_0.9"][k][i], st["momentum_0.9"][k], rtol=1e-6, atol=1e-7)
 
 
+def test_mlp_native_path_sees_meta_parameters_changed_between_steps():
+    """The native path keeps the members' prepared weights while the meta-parameters are unchanged: a
+    meta-parameter changed in place, or replaced, between two steps must be used at the next step."""
+    torch.manual_seed(2)
+    rule = make_learned_rule("mlp")
+    thetas = meta_vector(rule) + 0.05 * torch.randn(2, meta_vector(rule).numel())
+    params = {"w": torch.randn(2, 6, 4)}
+    grads = {"w": torch.randn(2, 6, 4)}
+    member = MemberRule(rule, thetas.clone())
+    with torch.no_grad():
+        state = member.init(params)
+        member.update(grads, state, params)                          # fills the workspace
+        w0 = member.named["layers.0.weight"]
+        w0.mul_(1.5)                                                 # in place
+        changed, _ = member.update(grads, state, params)
+        member.named["layers.1.bias"] = member.named["layers.1.bias"] + 0.1   # replaced
+        replaced, _ = member.update(grads, state, params)
+        fresh = MemberRule(rule, thetas.clone())
+        fresh.named["layers.0.weight"].mul_(1.5)
+        expect_changed, _ = fresh.update(grads, state, params)
+        fresh.named["layers.1.bias"] = fresh.named["layers.1.bias"] + 0.1
+        fresh._workspace.clear()
+        expect_replaced, _ = fresh.update(grads, state, params)
+    torch.testing.assert_close(changed["w"], expect_changed["w"], rtol=0, atol=0)
+    torch.testing.assert_close(replaced["w"], expect_replaced["w"], rtol=0, atol=0)
+    assert not torch.equal(changed["w"], replaced["w"])
+
+
 @pytest.mark.parametrize("name", ["mlp", "lstm"])   # the native path and the vmap path
 def test_member_rule_names_a_missing_member_dim(name):
     rule = make_learned_rule(name)

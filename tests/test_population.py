@@ -88,6 +88,49 @@ def test_every_batching_mode_gives_the_same_losses_and_gradients(mode):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-14)
 
 
+def _groups(kind: str) -> list:
+    """2 tasks, each repeated 3 times in a row (what the ES/PES particles of two inner problems are)."""
+    from learned_opt.tasks import ReparamTask
+    if kind == "mlp":
+        base = mlp_tasks(2)
+    elif kind == "dropout":
+        base = mlp_tasks(2, dropout=0.25)
+    elif kind == "conv":
+        base = [make_task("conv", dataset="digits", channels=[3], batch_size=8, dtype="float64") for _ in range(2)]
+    else:
+        base = [ReparamTask.random(t, torch.Generator().manual_seed(i)) for i, t in enumerate(mlp_tasks(2))]
+    return [t for t in base for _ in range(3)]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "dropout", "conv", "reparam"])
+def test_same_batches_gives_every_member_its_own_draws_losses_and_gradients(kind):
+    """same_batches=3 against the plain population, where each member draws from its own copy of
+    its group's generator: the same losses and per-member gradients; the groups' first generators end
+    in the same state (the only ones the estimators keep)."""
+    tasks = _groups(kind)
+    plain, grouped = PopulationTask(tasks), PopulationTask(tasks, same_batches=3)
+    assert grouped.mode == plain.mode
+    params = {k: v.requires_grad_() for k, v in plain.init_params(gens(range(6))).items()}
+    copies = lambda: gens([7, 7, 7, 9, 9, 9])   # noqa: E731  members of a group: generators in one state
+    g_plain, g_grouped = copies(), copies()
+    a = plain.loss(params, plain.sample_batch(g_plain))
+    b = grouped.loss(params, grouped.sample_batch(g_grouped))
+    torch.testing.assert_close(b, a, rtol=1e-12, atol=0)
+    ga = torch.autograd.grad(a.sum(), list(params.values()))
+    gb = torch.autograd.grad(b.sum(), list(params.values()))
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-14)
+    for i in (0, 3):
+        assert torch.equal(g_grouped[i].get_state(), g_plain[i].get_state())
+    if kind == "mlp":   # no copy of the batch per member
+        x = grouped.sample_batch(copies())[0]
+        assert x.shape == (2, 3, 32, 64) and x.stride(1) == 0
+    with pytest.raises(ValueError, match="same_batches=3 needs"):
+        PopulationTask(tasks[:4], same_batches=3)
+    with pytest.raises(ValueError, match="same_batches=2 needs"):
+        PopulationTask(tasks, same_batches=2)   # groups 3..4 mix two tasks
+
+
 def test_conv_members_are_batched_with_vmap():
     tasks = [make_task("conv", dataset="digits", channels=[4], batch_size=8, dtype="float64") for _ in range(2)]
     pop = PopulationTask(tasks)

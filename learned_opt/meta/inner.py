@@ -249,12 +249,14 @@ class InnerProblems:
         return torch.tensor([r for r in refs for _ in range(repeat)], dtype=torch.float64, device=self.device)
 
     def population_task(self, members: list[Slot], repeat: int = 1) -> PopulationTask:
-        """The members' tasks, each repeated ``repeat`` times (particles), as one population (cached)."""
+        """The members' tasks, each repeated ``repeat`` times (particles fed the same batches), as one
+        population (cached)."""
         key = (tuple(id(m.task) for m in members), repeat)
         if key not in self._populations:
             live = {id(s.task) for s in self.slots if s is not None}
             self._populations = {k: v for k, v in self._populations.items() if all(t in live for t in k[0])}
-            self._populations[key] = PopulationTask([m.task for m in members for _ in range(repeat)])
+            self._populations[key] = PopulationTask([m.task for m in members for _ in range(repeat)],
+                                                    same_batches=repeat)
         return self._populations[key]
 
     # ------------------------------------------------------------------ meta-loss

@@ -184,6 +184,26 @@ class MLPOptimizer(LearnedRule):
                       for k, d in zip(names, delta.split(sizes))}
         return new_params, new_state
 
+    def _member_weights(self, meta: dict[str, Tensor], dtype: torch.dtype,
+                        ws: dict) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """The members' layer weights ``(P, out, in)`` and biases ``(P, out, 1)`` in ``dtype``, the first
+        layer split into its feature columns and its step-embedding columns (both contiguous). Kept in the
+        workspace while ``meta`` holds the same tensors unchanged (an unroll's every step)."""
+        key = tuple((t, t._version) for t in meta.values())
+        cached = ws.get("weights")
+        if cached is not None and cached[0] == dtype and len(cached[1]) == len(key) \
+                and all(a is b and v == u for (a, v), (b, u) in zip(cached[1], key)):
+            return cached[2]
+        F_ = self.num_features
+        weights, biases = [], []
+        for i in range(len(self.layers)):
+            weights.append(meta[f"layers.{i}.weight"].to(dtype))            # (P, out, in)
+            biases.append(meta[f"layers.{i}.bias"].to(dtype).unsqueeze(-1))  # (P, out, 1)
+        w_embed = weights[0][:, :, F_:].contiguous()
+        weights[0] = weights[0][:, :, :F_].contiguous()
+        ws["weights"] = (dtype, key, (weights, biases, w_embed))
+        return weights, biases, w_embed
+
     def update_members(self, meta: dict[str, Tensor], grads: Params, state: State,
                        params: Params, workspace: dict | None = None) -> tuple[Params, State]:
         """:meth:`update` of ``P`` population members at once under ``no_grad``, member ``i`` with the
@@ -224,15 +244,9 @@ class MLPOptimizer(LearnedRule):
             ms = torch.linalg.vector_norm(seg, dim=-1, keepdim=True).square_().div_(n)
             seg.mul_(ms.add_(NORM_EPS).rsqrt_())
             off += n
+        weights, biases, w_embed = self._member_weights(meta, x.dtype, ws)
         embed = self.step_embedding(step, x).unsqueeze(-1)       # (E, 1)
-        weights, biases = [], []
-        for i in range(len(self.layers)):
-            w = meta[f"layers.{i}.weight"].to(x.dtype)            # (P, out, in)
-            b = meta[f"layers.{i}.bias"].to(x.dtype).unsqueeze(-1)  # (P, out, 1)
-            if i == 0:
-                w, b = w[:, :, :F_], b + w[:, :, F_:] @ embed
-            weights.append(w)
-            biases.append(b)
+        biases = [biases[0] + w_embed @ embed, *biases[1:]]      # the step embedding folded into the first bias
         out = buffer("out", P, 2, x.shape[2])
         blocks = _blocks(P, x.shape[2], self.block_size)
         rows0, cols0 = blocks[0]
