@@ -436,3 +436,23 @@ def test_validation_scores_use_the_meta_losss_floor():
     assert floored == pytest.approx(float(np.mean(expected)), rel=1e-4)
     free = np.mean(held_out_scores(rule, family, 2, 30, "log_ratio", CPU))
     assert floored > free   # the rule lowers the loss below the floor on these tasks
+
+
+def test_snapshots_hold_the_meta_parameters_of_their_meta_step(tmp_path):
+    """snapshot_every=2 over 5 PES meta-steps keeps steps 2 and 4; each equals the final checkpoint of a
+    separate run stopped at that step, and loads as a rule."""
+    import learned_opt
+    cfg = {**_meta_cfg("pes", 5), "snapshot_every": 2}
+    meta_train(copy.deepcopy(cfg), tmp_path / "long")
+    snaps = sorted(p.name for p in (tmp_path / "long" / "snapshots").iterdir())
+    assert snaps == ["step_000002.pt", "step_000004.pt"]
+    short = {**_meta_cfg("pes", 4), "snapshot_every": 0}
+    meta_train(copy.deepcopy(short), tmp_path / "short")
+    assert not (tmp_path / "short" / "snapshots").exists()
+    snap = load_checkpoint(tmp_path / "long" / "snapshots" / "step_000004.pt")
+    ref = load_checkpoint(tmp_path / "short" / "checkpoint.pt")
+    assert snap["meta_step"] == 4
+    for k in ref["meta_params"]:
+        assert torch.equal(snap["meta_params"][k], ref["meta_params"][k]), k
+    rule = learned_opt.load(tmp_path / "long" / "snapshots" / "step_000002.pt")
+    assert not torch.equal(rule.state_dict()[k], ref["meta_params"][k])

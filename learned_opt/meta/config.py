@@ -30,6 +30,7 @@ SCHEMA = {
     "progress": Field(boolean),
     "resume": Field(boolean),
     "checkpoint_every": Field(integer(0)),                 # 0: only at the end
+    "snapshot_every": Field(integer(0)),                   # 0: no snapshots
     "optimizer": Field(delegated, required=True),          # checked by the rule's constructor (check_groups)
     "family": Field(delegated, required=True),             # checked by the family's constructor (check_groups)
     "meta": {

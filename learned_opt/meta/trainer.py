@@ -15,7 +15,9 @@ Checkpoints (``checkpoint.pt`` in the run directory) every
 ``checkpoint_every`` meta-steps and at the end hold the meta-parameters, the
 meta-optimizer state, the step, the config, every RNG state and the inner
 problems in flight, so ``resume=True`` continues exactly where the run stopped
-(bit-for-bit on CPU). Metrics go to ``metrics.jsonl`` and to W&B.
+(bit-for-bit on CPU). Metrics go to ``metrics.jsonl`` and to W&B. ``snapshot_every`` keeps the
+meta-parameters every that many meta-steps in ``snapshots/step_NNNNNN.pt`` (loadable like ``best.pt``),
+to choose a checkpoint afterwards on tasks of one's own (e.g. ``configs/selection.yaml``).
 
 Failure and recovery: the config is checked whole before anything is built or written
 (:mod:`~learned_opt.meta.config`); one process at a time holds the run directory
@@ -67,8 +69,8 @@ from .pes import PES
 ESTIMATORS = {"bptt": TruncatedBPTT, "es": TruncatedES, "pes": PES}
 
 # Config entries that may differ between a checkpoint and the run that resumes it.
-RESUMABLE_CHANGES = ("meta.steps", "meta.checkpoint_segments", "checkpoint_every", "wandb", "progress", "device",
-                     "resume")
+RESUMABLE_CHANGES = ("meta.steps", "meta.checkpoint_segments", "checkpoint_every", "snapshot_every", "wandb",
+                     "progress", "device", "resume")
 SUMMARY_METRICS = ("meta_loss", "inner_loss", "val_loss")  # taken into summary.json from the last row
 
 
@@ -374,6 +376,9 @@ def _meta_train(cfg: dict, run_dir: Path, ckpt: dict | None, ctx: DistContext | 
             logger.log(row, step=step + 1)
             last = row
             bar.set_postfix({k: f"{row[k]:.4g}" for k in ("meta_loss", "val_loss") if k in row})
+            snap = cfg.get("snapshot_every") or 0
+            if main and snap and (step + 1) % snap == 0:   # kept for choosing a checkpoint afterwards
+                save_checkpoint(run_dir / "snapshots" / f"step_{step + 1:06d}.pt", rule, step + 1, cfg)
             saved = bool(cfg.get("checkpoint_every")) and (step + 1) % cfg["checkpoint_every"] == 0
             if saved:
                 checkpoint(step + 1, row["seconds"])
