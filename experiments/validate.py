@@ -30,7 +30,7 @@ from learned_opt.utils import atomic_write_text, resolve_device
 
 SCHEMA = {  # the fields of configs/validate.yaml; the family is checked by its constructor
     "checkpoints": Field(list_of(string, nonempty=True)), "tasks": Field(integer(1)), "steps": Field(integer(1)),
-    "metric": Field(choice("log_ratio", "mean_loss")), "first_seed": Field(integer(0)), "device": Field(device_field),
+    "metric": Field(choice("log_ratio", "mean_loss", "ratio")), "first_seed": Field(integer(0)), "device": Field(device_field),
     "family": Field(delegated), "meta": {"truncation": Field(integer(1))}, "wandb": WANDB,
 }
 

@@ -456,3 +456,23 @@ def test_snapshots_hold_the_meta_parameters_of_their_meta_step(tmp_path):
         assert torch.equal(snap["meta_params"][k], ref["meta_params"][k]), k
     rule = learned_opt.load(tmp_path / "long" / "snapshots" / "step_000002.pt")
     assert not torch.equal(rule.state_dict()[k], ref["meta_params"][k])
+
+
+def test_ratio_meta_loss_and_validation_metric_are_the_mean_loss_over_the_first():
+    from learned_opt.meta.inner import InnerProblems
+    from learned_opt.meta.trainer import held_out_scores
+    losses = torch.tensor([[2.0, 1.0], [0.5, 1e-13], [1e-3, 0.9]], dtype=torch.float64)
+    inner = InnerProblems(FAMILY, horizon=5, truncation=5, num_tasks=1, device=CPU,
+                          generator=torch.Generator().manual_seed(0), meta_loss="ratio")
+    ref = torch.tensor([4.0, 0.5], dtype=torch.float64)
+    np.testing.assert_allclose(inner.loss(losses, ref).numpy(), (losses.numpy() / ref.numpy()).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(inner.loss(losses).numpy(), (losses.numpy() / losses[0].numpy()).mean(0), rtol=1e-12)
+    family = make_family("mlp_family", datasets=["digits"], widths=[8], depths=[1], activations=["tanh"],
+                         batch_size=16)
+    rule = LearnedSGD(lr=0.5, momentum=0.0, steps=1)
+    ratio = held_out_scores(rule, family, 2, 20, "ratio", CPU)
+    mean = held_out_scores(rule, family, 2, 20, "mean_loss", CPU)
+    logr = held_out_scores(rule, family, 2, 20, "log_ratio", CPU)
+    for r, m, lr_ in zip(ratio, mean, logr):
+        assert 0 < r < 1 and r > math.exp(lr_)   # AM >= GM of the ratios; SGD lowers the loss
+    assert ratio != mean

@@ -15,7 +15,7 @@ from ..schema import (WANDB, ConfigError, Field, boolean, check, check_call, cho
 from ..tasks import FAMILIES
 
 META_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
-META_LOSSES = ("mean", "log_mean", "log_ratio")
+META_LOSSES = ("mean", "log_mean", "log_ratio", "ratio")
 ESTIMATORS = ("bptt", "es", "pes")
 
 
@@ -52,7 +52,7 @@ SCHEMA = {
     },
     "validation": Field(optional(section({"every": Field(integer(0)), "tasks": Field(integer(0)),
                                           "steps": Field(integer(1)),
-                                          "metric": Field(choice("mean_loss", "log_ratio"))}))),
+                                          "metric": Field(choice("mean_loss", "log_ratio", "ratio"))}))),
     "wandb": Field(optional(section(WANDB))),
     "es": Field(optional(section(PERTURBATION))),
     "pes": Field(optional(section(PERTURBATION))),

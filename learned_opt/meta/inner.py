@@ -37,6 +37,8 @@ log(l_k / l_ref), ``l_ref`` the slot's reference loss: 0 at the start of every t
 task dominates by the size of its losses). ``log_ratio_floor`` (with ``log_ratio``) clips each
 log(l_k / l_ref) from below: a task whose loss collapses (memorised, ``l_k`` ~ 1e-13) then stops
 paying for ever finer convergence, and its log-ratios of -30 no longer outweigh every other task.
+``ratio`` (mean of l_k / l_ref: the area under the task's loss curve relative to its first loss, what
+a mean-loss score rewards; the early steps weigh most, a loss already near 0 adds nothing).
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ from ..unroll import init_state
 
 __all__ = ["InnerProblems", "Slot", "Estimate", "META_LOSSES", "detach_tree", "tree_to", "shapes"]
 
-META_LOSSES = ("mean", "log_mean", "log_ratio")
+META_LOSSES = ("mean", "log_mean", "log_ratio", "ratio")
 MAX_REDRAWS = 1000  # populations: draws per member to find a task of the group's shapes
 NOISE_SALT = 0x5DEECE66D  # separates a slot's noise stream from its task-seed stream
 
@@ -141,7 +143,7 @@ class InnerProblems:
         num_tasks: slots. device: where inner problems live. generator: seeds the slots' streams.
         population: slots unrolled at once as one batched population (divides ``num_tasks``).
         slot_offset: global index of slot 0 (data-parallel workers: ``rank * num_tasks``).
-        meta_loss: ``mean``, ``log_mean`` or ``log_ratio``.
+        meta_loss: ``mean``, ``log_mean``, ``log_ratio`` or ``ratio``.
         log_ratio_floor: ``log_ratio`` only: each step's log(loss / reference) is clipped below at this
             (a negative number; ``None``: no floor).
         stagger: shorten every slot's first horizon by a random number of truncations.
@@ -262,10 +264,15 @@ class InnerProblems:
     # ------------------------------------------------------------------ meta-loss
     def loss(self, losses: Tensor, reference: Tensor | float | None = None) -> Tensor:
         """Meta-loss of a truncation: a scalar for ``losses`` of shape ``(K,)``, one per member ``(N,)``
-        for ``(K, N)``. ``reference``: the per-member reference losses (``log_ratio``; defaults to
-        the first row of ``losses``)."""
+        for ``(K, N)``. ``reference``: the per-member reference losses (``log_ratio``, ``ratio``; defaults
+        to the first row of ``losses``)."""
         if self.meta_loss == "mean":
             return losses.mean(0)
+        if self.meta_loss == "ratio":
+            if reference is None:
+                reference = losses[0].detach()
+            ref = torch.as_tensor(reference, dtype=losses.dtype, device=losses.device).clamp_min(1e-30)
+            return losses.mean(0) / ref
         logs = losses.clamp_min(1e-30).log().mean(0)
         if self.meta_loss == "log_mean":
             return logs

@@ -131,7 +131,8 @@ def held_out_scores(rule: nn.Module, family, tasks: int, steps: int, metric: str
     """One score per held-out task ``family.sample(seed)``, ``seed = first_seed + i`` for ``i < tasks``, each
     run for ``steps`` steps without a meta-gradient (a horizon-aware rule is told ``steps``): its mean training
     loss, or with ``metric="log_ratio"`` the mean of log(loss / first loss) (tasks weigh alike), each step's
-    log-ratio clipped below at ``floor`` when given (``meta.log_ratio_floor``); inf if the task diverged."""
+    log-ratio clipped below at ``floor`` when given (``meta.log_ratio_floor``), or with ``metric="ratio"`` the
+    mean of loss / first loss; inf if the task diverged."""
     scores = []
     for i in range(tasks):
         seed = first_seed + i
@@ -143,6 +144,8 @@ def held_out_scores(rule: nn.Module, family, tasks: int, steps: int, metric: str
             res = unroll(task, rule, params, state, steps, g)
         if res.diverged:
             scores.append(math.inf)
+        elif metric == "ratio":
+            scores.append(float((res.losses / res.losses[0].clamp_min(1e-30)).mean()))
         elif metric == "log_ratio":
             ratios = res.losses.clamp_min(1e-30).log() - res.losses[0].clamp_min(1e-30).log()
             scores.append(float((ratios if floor is None else ratios.clamp_min(floor)).mean()))
