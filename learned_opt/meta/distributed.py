@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .inner import Estimate
 
-__all__ = ["DistContext", "init_distributed", "shutdown", "broadcast_parameters", "all_reduce_estimate",
+__all__ = ["DistContext", "init_distributed", "synchronize", "shutdown", "broadcast_parameters", "all_reduce_estimate",
            "all_gather_objects", "ENV_VARS"]
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -88,6 +88,14 @@ def init_distributed(device: str | torch.device = "cpu") -> DistContext:
                                 world_size=int(os.environ["WORLD_SIZE"]))
         owns = True
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, dist.get_backend(), owns)
+
+
+def synchronize(ctx: DistContext | None) -> None:
+    """A barrier across the workers (nothing without a process group): called after a run's last
+    collective, so that no worker destroys its group while a peer is still using it (gloo may abort a
+    worker whose peer tears the connection down first)."""
+    if ctx is not None and dist.is_initialized():
+        dist.barrier()
 
 
 def shutdown(ctx: DistContext | None) -> None:

@@ -61,7 +61,7 @@ from ..utils import atomic_write_text, generator, resolve_device
 from .checkpoint import CheckpointError, check_resumable, load_checkpoint, rule_from_checkpoint, save_checkpoint
 from .config import META_OPTIMIZERS, check_meta_train_config
 from .distributed import (DistContext, all_gather_objects, all_reduce_estimate, all_reduce_max,
-                          broadcast_parameters, init_distributed, shutdown)
+                          broadcast_parameters, init_distributed, shutdown, synchronize)
 from .bptt import TruncatedBPTT
 from .es import TruncatedES
 from .pes import PES
@@ -202,7 +202,9 @@ def meta_train(cfg: dict, run_dir: str | Path, resume: bool = False,
             on_start()
         ctx = init_distributed(cfg.get("device", "cpu")) if distributed else None
         try:
-            return _meta_train(cfg, run_dir, ckpt, ctx)
+            summary = _meta_train(cfg, run_dir, ckpt, ctx)
+            synchronize(ctx)   # every worker is done before any tears its process group down
+            return summary
         finally:
             shutdown(ctx)
 
