@@ -28,7 +28,14 @@ torch.set_num_threads(1)
 
 def _quiet(target, *args) -> None:
     import warnings
+
+    from tqdm import std
     warnings.simplefilter("ignore")  # stale-lock and resume notes are expected here
+    # tqdm's write lock holds a multiprocessing semaphore that forked attempts share with each other: an
+    # attempt SIGKILLed while holding it would leave every later attempt waiting for it forever. Each
+    # attempt takes its own (separate processes, as real runs are, share none).
+    std.TqdmDefaultWriteLock.mp_lock = multiprocessing.RLock()
+    std.tqdm.set_lock(std.TqdmDefaultWriteLock())
     target(*args)
 
 
