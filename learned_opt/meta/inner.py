@@ -54,7 +54,7 @@ from ..tasks.base import Task, TaskFamily
 from ..tasks.population import PopulationTask
 from ..unroll import init_state
 
-__all__ = ["InnerProblems", "Slot", "Estimate", "META_LOSSES", "detach_tree", "tree_to", "shapes"]
+__all__ = ["InnerProblems", "Slot", "Estimate", "META_LOSSES", "truncation_loss", "detach_tree", "tree_to", "shapes"]
 
 META_LOSSES = ("mean", "log_mean", "log_ratio", "ratio")
 MAX_REDRAWS = 1000  # populations: draws per member to find a task of the group's shapes
@@ -71,6 +71,25 @@ def check_floor(floor: float | None, meta_loss: str) -> float | None:
     if meta_loss != "log_ratio":
         raise ValueError(f"log_ratio_floor={floor!r} needs meta_loss='log_ratio' (got {meta_loss!r})")
     return float(floor)
+
+
+def truncation_loss(losses: Tensor, kind: str, reference: Tensor | float | None = None,
+                    floor: float | None = None) -> Tensor:
+    """The meta-loss ``kind`` (:data:`META_LOSSES`) of the losses of a truncation: a scalar for ``losses`` of
+    shape ``(K,)``, one per member ``(N,)`` for ``(K, N)``. ``reference``: the per-member reference losses
+    (``log_ratio``, ``ratio``; defaults to the first row of ``losses``). ``floor``: ``log_ratio`` only, each
+    step's log-ratio clipped below at it. Also what the meta-trainer's validation scores a held-out run with."""
+    if kind == "mean":
+        return losses.mean(0)
+    if kind == "log_mean":
+        return losses.clamp_min(1e-30).log().mean(0)
+    if reference is None:
+        reference = losses[0].detach()
+    ref = torch.as_tensor(reference, dtype=losses.dtype, device=losses.device).clamp_min(1e-30)
+    if kind == "ratio":
+        return losses.mean(0) / ref
+    ratios = losses.clamp_min(1e-30).log() - ref.log()
+    return (ratios if floor is None else ratios.clamp_min(floor)).mean(0)
 
 
 def detach_tree(obj: Any) -> Any:
@@ -263,25 +282,8 @@ class InnerProblems:
 
     # ------------------------------------------------------------------ meta-loss
     def loss(self, losses: Tensor, reference: Tensor | float | None = None) -> Tensor:
-        """Meta-loss of a truncation: a scalar for ``losses`` of shape ``(K,)``, one per member ``(N,)``
-        for ``(K, N)``. ``reference``: the per-member reference losses (``log_ratio``, ``ratio``; defaults
-        to the first row of ``losses``)."""
-        if self.meta_loss == "mean":
-            return losses.mean(0)
-        if self.meta_loss == "ratio":
-            if reference is None:
-                reference = losses[0].detach()
-            ref = torch.as_tensor(reference, dtype=losses.dtype, device=losses.device).clamp_min(1e-30)
-            return losses.mean(0) / ref
-        logs = losses.clamp_min(1e-30).log().mean(0)
-        if self.meta_loss == "log_mean":
-            return logs
-        if reference is None:
-            reference = losses[0].detach()
-        ref = torch.as_tensor(reference, dtype=losses.dtype, device=losses.device).clamp_min(1e-30).log()
-        if self.log_ratio_floor is None:
-            return logs - ref
-        return (losses.clamp_min(1e-30).log() - ref).clamp_min(self.log_ratio_floor).mean(0)
+        """Meta-loss of a truncation (:func:`truncation_loss` with this object's ``meta_loss`` and floor)."""
+        return truncation_loss(losses, self.meta_loss, reference, self.log_ratio_floor)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:

@@ -64,6 +64,7 @@ from .distributed import (DistContext, all_gather_objects, all_reduce_estimate, 
                           broadcast_parameters, init_distributed, shutdown, synchronize)
 from .bptt import TruncatedBPTT
 from .es import TruncatedES
+from .inner import truncation_loss
 from .pes import PES
 
 ESTIMATORS = {"bptt": TruncatedBPTT, "es": TruncatedES, "pes": PES}
@@ -131,8 +132,9 @@ def held_out_scores(rule: nn.Module, family, tasks: int, steps: int, metric: str
     """One score per held-out task ``family.sample(seed)``, ``seed = first_seed + i`` for ``i < tasks``, each
     run for ``steps`` steps without a meta-gradient (a horizon-aware rule is told ``steps``): its mean training
     loss, or with ``metric="log_ratio"`` the mean of log(loss / first loss) (tasks weigh alike), each step's
-    log-ratio clipped below at ``floor`` when given (``meta.log_ratio_floor``), or with ``metric="ratio"`` the
-    mean of loss / first loss; inf if the task diverged."""
+    log-ratio clipped below at ``floor`` when given (``meta.log_ratio_floor``; other metrics ignore it), or with
+    ``metric="ratio"`` the mean of loss / first loss: the meta-loss of the whole run
+    (:func:`~learned_opt.meta.inner.truncation_loss`); inf if the task diverged."""
     scores = []
     for i in range(tasks):
         seed = first_seed + i
@@ -144,25 +146,20 @@ def held_out_scores(rule: nn.Module, family, tasks: int, steps: int, metric: str
             res = unroll(task, rule, params, state, steps, g)
         if res.diverged:
             scores.append(math.inf)
-        elif metric == "ratio":
-            scores.append(float((res.losses / res.losses[0].clamp_min(1e-30)).mean()))
-        elif metric == "log_ratio":
-            ratios = res.losses.clamp_min(1e-30).log() - res.losses[0].clamp_min(1e-30).log()
-            scores.append(float((ratios if floor is None else ratios.clamp_min(floor)).mean()))
-        else:
-            scores.append(float(res.losses.mean()))
+        else:   # mean_loss is the meta-loss "mean"
+            kind = "mean" if metric == "mean_loss" else metric
+            scores.append(float(truncation_loss(res.losses, kind, floor=floor if kind == "log_ratio" else None)))
     return scores
 
 
 def validation_loss(rule: nn.Module, family, cfg: dict, device: torch.device) -> float:
     """Mean of :func:`held_out_scores` over ``validation.tasks`` fixed held-out tasks, ``validation.steps``
-    steps each, ``validation.metric`` (``mean_loss`` or ``log_ratio``, clipped below at ``meta.log_ratio_floor``
-    like the meta-loss)."""
+    steps each, ``validation.metric`` (``mean_loss``, ``ratio``, or ``log_ratio`` clipped below at
+    ``meta.log_ratio_floor`` like the meta-loss)."""
     val = cfg.get("validation") or {}
     n, steps = int(val.get("tasks", 0)), int(val.get("steps", cfg["meta"]["horizon"]))
-    metric = val.get("metric", "mean_loss")
-    floor = cfg["meta"].get("log_ratio_floor") if metric == "log_ratio" else None
-    scores = held_out_scores(rule, family, n, steps, metric, device, floor=floor)
+    scores = held_out_scores(rule, family, n, steps, val.get("metric", "mean_loss"), device,
+                             floor=cfg["meta"].get("log_ratio_floor"))
     return sum(scores) / n if n else float("nan")
 
 
