@@ -220,16 +220,17 @@ def test_horizon_features_and_state():
 # --------------------------------------------------------------------------- batching
 
 
-@pytest.mark.parametrize("bias_rule, orth", [("mlp", False), ("adam", False), ("adam", True)])
-def test_population_dim_equals_independent_problems(bias_rule, orth):
-    rule = rule_(bias_rule=bias_rule, step_mult=0.1, orthogonalize=orth)
+@pytest.mark.parametrize("bias_rule, orth, hd", [("mlp", False, 0.0), ("adam", False, 0.0), ("adam", True, 0.0),
+                                                 ("mlp", False, 0.3), ("adam", False, 0.3)])
+def test_population_dim_equals_independent_problems(bias_rule, orth, hd):
+    rule = rule_(bias_rule=bias_rule, step_mult=0.1, orthogonalize=orth, hypergradient=hd)
     members = [tree(0), tree(1)]
-    grads = [[tree(2), tree(3)], [tree(4, 100.0), tree(5, 100.0)]]  # the second member on another scale
-    singles = [run(rule, [grads[i][s] for s in range(2)], members[i], horizon=7)[0] for i in range(2)]
+    grads = [[tree(2), tree(3), tree(6)], [tree(4, 100.0), tree(5, 100.0), tree(7, 100.0)]]  # the second member on another scale
+    singles = [run(rule, [grads[i][s] for s in range(3)], members[i], horizon=7)[0] for i in range(2)]
     pop = copy.deepcopy(rule)
     pop.population_dim = 0
     stack = lambda trees: {k: torch.stack([t[k] for t in trees]) for k in trees[0]}  # noqa: E731
-    out, _ = run(pop, [stack([grads[0][s], grads[1][s]]) for s in range(2)], stack(members), horizon=7)
+    out, _ = run(pop, [stack([grads[0][s], grads[1][s]]) for s in range(3)], stack(members), horizon=7)
     for i in range(2):
         for k in SHAPES:
             torch.testing.assert_close(out[k][i], singles[i][k], rtol=1e-12, atol=1e-15)
@@ -248,11 +249,12 @@ class _UpdateCall(nn.Module):
         return new, {k: v for k, v in new_state.items() if isinstance(v, dict)}
 
 
-@pytest.mark.parametrize("bias_rule, horizon, orth", [("mlp", None, False), ("adam", 50, False), ("mlp", 50, True)])
-def test_vmap_over_perturbed_meta_parameters_equals_separate_updates(bias_rule, horizon, orth):
+@pytest.mark.parametrize("bias_rule, horizon, orth, hd", [("mlp", None, False, 0.0), ("adam", 50, False, 0.0),
+                                                          ("mlp", 50, True, 0.0), ("mlp", 50, False, 0.2)])
+def test_vmap_over_perturbed_meta_parameters_equals_separate_updates(bias_rule, horizon, orth, hd):
     """What an ES/PES estimator does: ``vmap`` of ``functional_call`` over stacked meta-parameter
     sets, with shared inner params (in_dims None) and with one inner trajectory per set (in_dims 0)."""
-    rule = rule_(bias_rule=bias_rule, step_mult=0.05, orthogonalize=orth)
+    rule = rule_(bias_rule=bias_rule, step_mult=0.05, orthogonalize=orth, hypergradient=hd)
     call = _UpdateCall(rule)
     base = dict(call.named_parameters())
     gen = torch.Generator().manual_seed(7)
@@ -283,11 +285,12 @@ def test_vmap_over_perturbed_meta_parameters_equals_separate_updates(bias_rule, 
             torch.testing.assert_close(batched2[1]["rms_0.999"][k][i], t2["rms_0.999"][k], rtol=1e-12, atol=0)
 
 
-def test_meta_gradient_passes_gradcheck():
+@pytest.mark.parametrize("hd", [0.0, 0.3])
+def test_meta_gradient_passes_gradcheck(hd):
     """Finite differences (float64) of the params after two updates w.r.t. every meta-parameter."""
     torch.manual_seed(1)
     rule = NormalizedMLPOptimizer(hidden_sizes=[4], decays=[0.5, 0.9], rms_decays=[0.999], step_timescales=[3],
-                                  bias_rule="adam").double()
+                                  bias_rule="adam", hypergradient=hd).double()
     names = [n for n, _ in rule.named_parameters()]
     shapes = {"w": (3, 2), "b": (2,)}
     gen = torch.Generator().manual_seed(2)
@@ -450,3 +453,105 @@ def test_orthogonalized_rule_takes_equal_steps_along_every_singular_direction():
     torch.testing.assert_close(a["scalar"], b["scalar"], rtol=0, atol=0)
     s_conv = torch.linalg.svdvals((params["conv"] - b["conv"]).reshape(3, -1))   # conv: (out, in x kh x kw)
     assert float(s_conv.max() / s_conv.min()) < 1.8
+
+
+# --------------------------------------------------------------------------- hypergradient step sizes
+
+
+def _hd_reference(g, last, log_step, gain, r):
+    """numpy: the adapted log step size of one tensor (the module docstring's formula)."""
+    import numpy as np
+    g, last = g.detach().numpy().ravel(), last.detach().numpy().ravel()
+    denom = np.sqrt((g @ g) * (last @ last) + 1e-20)
+    z = (g @ last) * np.sqrt(g.size) / denom
+    return float(np.clip(log_step + gain * np.tanh(z), -r, r))
+
+
+def test_hypergradient_multiplies_each_plain_step_by_its_adapted_step_size():
+    """One update from a crafted state: each MLP tensor's step is the plain rule's step (same meta-
+    parameters, same momenta) times exp(l), l from the numpy reference; the state keeps the plain
+    direction and l."""
+    hd = rule_(hypergradient=0.3, hypergradient_range=0.5)
+    plain = rule_()
+    plain.load_state_dict({k: v for k, v in hd.state_dict().items() if k != "log_hyper_gain"})
+    assert float(hd.log_hyper_gain.detach()) == pytest.approx(math.log(0.3))
+    params, grads = tree(0), tree(1)
+    state = plain.init(params)
+    hd_state = hd.init(params)
+    assert set(hd_state) == set(state) | {"log_step", "last_dir"}
+    last = tree(2)
+    last["bias"] = -grads["bias"]          # opposed: the step size falls
+    last["conv"] = grads["conv"] * 3.0     # aligned: it rises, past the clamp
+    start = {"matrix": 0.1, "bias": -0.45, "conv": 0.4, "scalar": 0.0}
+    hd_state["last_dir"] = last
+    hd_state["log_step"] = {k: torch.full_like(v, start[k]) for k, v in params.items()}
+    a, st_plain = plain.update(grads, state, params)
+    b, st_hd = hd.update(grads, hd_state, params)
+    for k in params:
+        gain = math.exp(float(hd.log_hyper_gain.detach()))  # 0.3 up to float32 rounding of its log
+        want = _hd_reference(grads[k], last[k], start[k], gain, 0.5)
+        # (steps of ~1e-3 on weights of ~1: the differences keep ~13 digits)
+        torch.testing.assert_close(params[k] - b[k], (params[k] - a[k]) * math.exp(want), rtol=1e-8, atol=1e-12)
+        torch.testing.assert_close(st_hd["log_step"][k], torch.full_like(params[k], want), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(st_hd["last_dir"][k], (params[k] - a[k]) / 1e-3, rtol=1e-8, atol=1e-9)
+    assert float(st_hd["log_step"]["conv"].flatten()[0]) == pytest.approx(0.5)     # clamped
+    assert float(st_hd["log_step"]["bias"].flatten()[0]) == pytest.approx(-0.5)
+
+
+def test_hypergradient_first_step_is_the_plain_step_and_small_tensors_on_adam_have_no_state():
+    hd, plain = rule_(hypergradient=0.1, bias_rule="adam"), rule_(bias_rule="adam")
+    plain.load_state_dict({k: v for k, v in hd.state_dict().items() if k != "log_hyper_gain"})
+    params, grads = tree(0), tree(1)
+    state = hd.init(params)
+    assert set(state["log_step"]) == set(state["last_dir"]) == {"matrix", "conv"}
+    a, _ = plain.update(grads, plain.init(params), params)
+    b, new = hd.update(grads, state, params)
+    for k in params:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert set(new["log_step"]) == {"matrix", "conv"} and float(new["log_step"]["matrix"].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("step_mult, sign", [(1e-4, 1), (1.5, -1)])
+def test_hypergradient_grows_a_too_small_step_and_shrinks_an_overshooting_one(step_mult, sign):
+    """Full-batch quadratic 0.5 |A w|^2: steps far below the curvature's scale keep the gradient
+    aligned with the last step (l rises to its clamp, and the loss falls faster than without); steps
+    that overshoot turn it against the last step (l falls)."""
+    torch.manual_seed(0)
+    A = torch.diag(torch.linspace(0.5, 2.0, 20, dtype=torch.float64))
+    loss = lambda w: 0.5 * (A @ w).pow(2).sum()  # noqa: E731
+    finals = {}
+    for beta in (0.0, 0.2):
+        rule = rule_(hypergradient=beta, step_mult=step_mult, magnitude=False)
+        params = {"w": torch.ones(20, 1, dtype=torch.float64)}
+        state = rule.init(params)
+        with torch.no_grad():
+            for _ in range(40):
+                params, state = rule.update({"w": A.T @ A @ params["w"]}, state, params)
+        finals[beta] = float(loss(params["w"]))
+        if beta:
+            log_step = float(state["log_step"]["w"].flatten()[0])
+            assert sign * log_step > 1.0
+    if sign > 0:
+        assert finals[0.2] < 0.99 * finals[0.0]
+
+
+def test_hypergradient_steps_do_not_depend_on_the_gradients_scale():
+    rule = rule_(hypergradient=0.2)
+    params = tree(0)
+    seqs = [[tree(s) for s in range(1, 5)], [tree(s, 1e3) for s in range(1, 5)]]
+    outs = [run(rule, seq, params)[0] for seq in seqs]
+    for k in params:
+        torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-9, atol=1e-12)
+
+
+def test_hypergradient_config_round_trip_and_errors(tmp_path):
+    rule = make_learned_rule("celo", hypergradient=0.05, hypergradient_range=2.0)
+    path = save_checkpoint(tmp_path / "hd.pt", rule, 0, {"optimizer": {"name": "celo"}})
+    loaded = learned_opt.load(path)
+    assert loaded.config() == rule.config() and loaded.hypergradient == 0.05
+    assert "log_hyper_gain" not in dict(make_learned_rule("celo").named_parameters())
+    assert "log_hyper_gain" in dict(make_learned_rule("celo", hypergradient=0.1, learn_scale=False).named_buffers())
+    with pytest.raises(ValueError, match="hypergradient"):
+        NormalizedMLPOptimizer(hypergradient=-0.1)
+    with pytest.raises(ValueError, match="hypergradient_range"):
+        NormalizedMLPOptimizer(hypergradient=0.1, hypergradient_range=0.0)

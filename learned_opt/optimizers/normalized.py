@@ -18,8 +18,9 @@ this one; ``H`` = the horizon given to :meth:`NormalizedMLPOptimizer.init`, if a
                                                                  output_norm=False, the ablation)
     s     = 2 * sigmoid(mean_over_tensor(MLP(x)[1]))            (only with magnitude=True; else 1;
                                                                  exp(r * tanh(.)) with magnitude_log_range=r)
-    w    <- w * (1 - step_mult * lr * weight_decay) - step_mult * lr * exp(log_scale) * s * u * rho
+    w    <- w * (1 - step_mult * lr * weight_decay) - step_mult * lr * exp(log_scale) * s * u * rho * exp(l)
     rho   = 1, or with relative_step: sqrt(mean_over_tensor(w^2) + 1e-12)   (steps relative to w's size)
+    l     = 0, or with hypergradient > 0 a per-tensor log step size adapted online (below)
 
 So with ``magnitude=False`` the root mean square of every tensor's step is exactly
 ``step_mult * lr * exp(log_scale)``, whatever the gradient's scale; ``magnitude=True`` adds a
@@ -33,6 +34,19 @@ matrix ``U V^T`` (``d = U S V^T``), computed by the quintic Newton-Schulz iterat
 (:func:`orthogonalize`, 5 steps; singular values above ~1/100 of the largest end within about
 [0.7, 1.2], smaller ones grow ~500x), before the
 per-tensor normalisation. Every direction in the matrix then moves by the same amount.
+
+``hypergradient=beta > 0``: a per-tensor step size adapted online by the sign of the hypergradient
+(Baydin et al. 2018, in log space, made free of scale and size). With ``u'`` the tensor's previous
+``s * u`` (zero at the first step) and ``n`` its number of coordinates (population dim excluded)::
+
+    z  = <g, u'> * sqrt(n) / (|g| |u'| + eps)         (cosine of the fresh gradient and the last step, times sqrt(n))
+    l <- clamp(l + exp(log_hyper_gain) * tanh(z), -hypergradient_range, hypergradient_range)
+
+``<g, u'> > 0`` means the loss still falls along the last step, so a larger step would have helped
+(``dL/d log(step) = -step <g, u'>``); an overshooting step turns it negative. ``z`` is ``cos * sqrt(n)``
+because a noise-only gradient gives a cosine of about ``1/sqrt(n)``: ``tanh(z)`` is then about as noisy
+for every tensor size. ``log_hyper_gain`` starts at ``log(beta)`` (a meta-parameter with
+``learn_scale``). State: ``log_step`` and ``last_dir`` (per tensor, full shape, ``l`` repeated).
 
 ``bias_rule="adam"``: tensors with at most one dim (biases, gains, scalars) skip the MLP and
 take a plain Adam step (betas 0.9 / 0.999, eps 1e-8, with bias correction, from the
@@ -51,6 +65,8 @@ State (the :mod:`baselines.base` convention)::
     {"step": int,
      "momentum_<d>": {name: Tensor(param.shape)}, ...,    # one per decay, e.g. "momentum_0.9"
      "rms_<b>": {name: Tensor(param.shape)}, ...,         # one per rms decay, e.g. "rms_0.999"
+     "log_step": {name: Tensor(param.shape)},              # only with hypergradient > 0 (MLP tensors)
+     "last_dir": {name: Tensor(param.shape)},              #   the same
      "horizon": int}                                      # only when init was given a horizon
 
 Sign convention as in :mod:`.mlp`: ``new = w - step``, a positive direction moves against the
@@ -95,6 +111,7 @@ EPS = 1e-20                 # in every normalisation: RMS values down to ~1e-10 
                             # passes through rsqrt stay finite at exactly zero inputs
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8   # the bias path's Adam
 INIT_OUT_SCALE = 0.01       # the MLP's last layer starts this much smaller than torch's default
+HYPER_KEYS = ("log_step", "last_dir")   # the hypergradient's state entries
 RELATIVE_FLOOR = 1e-6       # relative_step: the RMS used is sqrt(mean(w^2) + floor^2) (finite gradients at 0)
 NUM_TIME_HORIZON = 2        # fraction-of-horizon features: [min(t / H, 1), 1] (zeros without H)
 
@@ -162,10 +179,14 @@ class NormalizedMLPOptimizer(LearnedRule):
             RELATIVE_FLOOR^2)``), so ``step_mult`` is a step relative to the weights' size (as in LARS and
             Adafactor) and rescaling a tensor rescales its steps alike; tensors that start at zero should
             take the Adam path (``bias_rule="adam"``).
+        hypergradient: ``beta >= 0``, the initial gain of the online per-tensor step-size adaptation
+            (module docstring); 0 turns it off (no extra state, no ``log_hyper_gain``).
+        hypergradient_range: ``R > 0``: the adapted log step size stays in ``[-R, R]``.
 
     Meta-parameters: ``layers`` (``nn.Linear``s, torch's default initialisation from torch's global
     RNG, last layer scaled by 0.01), ``skip`` (the linear direction term) and, with
-    ``learn_scale``, ``log_scale`` (and ``log_bias_scale`` with ``bias_rule="adam"``).
+    ``learn_scale``, ``log_scale`` (and ``log_bias_scale`` with ``bias_rule="adam"``, ``log_hyper_gain``
+    with ``hypergradient > 0``).
     """
 
     population_dim: int | None = None  # set to skip a leading population dim in every reduction
@@ -178,7 +199,7 @@ class NormalizedMLPOptimizer(LearnedRule):
                  step_mult: float = 1e-3, lr: float = 1.0, magnitude: bool = True, learn_scale: bool = True,
                  output_norm: bool = True, magnitude_log_range: float | None = None,
                  weight_decay: float = 0.0, bias_rule: str = "mlp", relative_step: bool = False,
-                 orthogonalize: bool = False):
+                 orthogonalize: bool = False, hypergradient: float = 0.0, hypergradient_range: float = 3.0):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
         for i, h in enumerate(hidden_sizes):
@@ -191,6 +212,9 @@ class NormalizedMLPOptimizer(LearnedRule):
         check_range("step_mult", step_mult, 0.0, low_inclusive=False)
         check_range("lr", lr, 0.0)
         check_range("weight_decay", weight_decay, 0.0)
+        check_range("hypergradient", hypergradient, 0.0)
+        check_range("hypergradient_range", hypergradient_range, 0.0, low_inclusive=False)
+        self.hypergradient, self.hypergradient_range = float(hypergradient), float(hypergradient_range)
         if magnitude_log_range is not None:
             check_range("magnitude_log_range", magnitude_log_range, 0.0, low_inclusive=False)
             magnitude_log_range = float(magnitude_log_range)
@@ -219,11 +243,16 @@ class NormalizedMLPOptimizer(LearnedRule):
         with torch.no_grad():
             self.layers[-1].weight.mul_(INIT_OUT_SCALE)
             self.layers[-1].bias.zero_()
-        for name in ("log_scale", "log_bias_scale") if bias_rule == "adam" else ("log_scale",):
+        scales = {"log_scale": 0.0}
+        if bias_rule == "adam":
+            scales["log_bias_scale"] = 0.0
+        if self.hypergradient > 0:
+            scales["log_hyper_gain"] = math.log(self.hypergradient)
+        for name, value in scales.items():
             if learn_scale:
-                setattr(self, name, nn.Parameter(torch.zeros(())))
+                setattr(self, name, nn.Parameter(torch.tensor(value)))
             else:
-                self.register_buffer(name, torch.zeros(()))
+                self.register_buffer(name, torch.tensor(value))
         self.register_buffer("inv_timescales", torch.tensor([1.0 / s for s in self.step_timescales]),
                              persistent=False)
 
@@ -234,7 +263,8 @@ class NormalizedMLPOptimizer(LearnedRule):
                 "step_mult": self.step_mult, "lr": self.lr, "magnitude": self.magnitude, "output_norm": self.output_norm,
                 "magnitude_log_range": self.magnitude_log_range,
                 "learn_scale": self.learn_scale, "weight_decay": self.weight_decay, "bias_rule": self.bias_rule,
-                "relative_step": self.relative_step, "orthogonalize": self.orthogonalize}
+                "relative_step": self.relative_step, "orthogonalize": self.orthogonalize,
+                "hypergradient": self.hypergradient, "hypergradient_range": self.hypergradient_range}
 
     @property
     def momentum_keys(self) -> list[str]:
@@ -332,6 +362,9 @@ class NormalizedMLPOptimizer(LearnedRule):
         state: State = {"step": 0}
         for key in (*self.momentum_keys, *self.rms_keys):
             state[key] = {k: torch.zeros_like(p) for k, p in params.items()}
+        if self.hypergradient > 0:
+            for key in HYPER_KEYS:
+                state[key] = {k: torch.zeros_like(p) for k, p in params.items() if not self._is_small(p)}
         if horizon is not None:
             check_int("horizon", horizon, 1)
             state["horizon"] = horizon
@@ -358,6 +391,19 @@ class NormalizedMLPOptimizer(LearnedRule):
                 else:
                     delattr(self, k)
 
+    def _adapt(self, k: str, u: Tensor, g: Tensor, dims: tuple[int, ...], state: State, new_state: State) -> Tensor:
+        """The hypergradient step size of tensor ``k``: updates ``new_state``'s ``log_step`` and ``last_dir``
+        and returns ``u * exp(l)`` (module docstring)."""
+        last, log_step = state["last_dir"][k].to(u.dtype), state["log_step"][k].to(u.dtype)
+        total = (lambda x: x.sum(dim=dims, keepdim=True)) if dims else (lambda x: x)
+        n = math.prod(u.shape[d] for d in dims)
+        z = total(g * last) * math.sqrt(n) * torch.rsqrt(total(g * g) * total(last * last) + EPS)
+        gain = torch.exp(self._meta("log_hyper_gain").to(u.dtype))
+        r = self.hypergradient_range
+        log_step = torch.clamp(log_step + self._per_member(gain, z) * torch.tanh(z), -r, r)
+        new_state["log_step"][k], new_state["last_dir"][k] = log_step, u
+        return u * torch.exp(log_step)
+
     def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
         check_keys(grads, params)
         names, step, horizon = list(params), state["step"], state.get("horizon")
@@ -366,6 +412,8 @@ class NormalizedMLPOptimizer(LearnedRule):
             new_state[key] = {k: d * m + (1 - d) * grads[k] for k, m in state[key].items()}
         for key, b in zip(self.rms_keys, self.rms_decays):
             new_state[key] = {k: b * v + (1 - b) * grads[k] * grads[k] for k, v in state[key].items()}
+        if self.hypergradient > 0:
+            new_state.update({key: {} for key in HYPER_KEYS})   # filled per MLP tensor by _adapt
         if horizon is not None:
             new_state["horizon"] = horizon
         if not names:
@@ -398,6 +446,8 @@ class NormalizedMLPOptimizer(LearnedRule):
                     mean_mag = mag.mean(dim=dims, keepdim=True) if dims else mag
                     u = u * (2 * torch.sigmoid(mean_mag) if self.magnitude_log_range is None
                              else torch.exp(self.magnitude_log_range * torch.tanh(mean_mag)))
+                if self.hypergradient > 0:
+                    u = self._adapt(k, u, grads[k].to(u.dtype), dims, state, new_state)
                 if self.relative_step:  # times the tensor's own RMS: the step follows a rescaling of w
                     w = params[k].to(u.dtype)
                     u = u * torch.sqrt(((w * w).mean(dim=dims, keepdim=True) if dims else w * w) + RELATIVE_FLOOR ** 2)
