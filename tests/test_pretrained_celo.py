@@ -1,4 +1,4 @@
-"""The shipped general-purpose learned optimizer (pretrained/celo_general.pt): found by its short names,
+"""The recommended general-purpose learned optimizer (pretrained/celo_hd.pt): found by its short names,
 usable through the torch.optim adapter, and better than Adam at its default lr on a task it never saw."""
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ SHIPPED = resolve_pretrained("celo")
 
 
 def test_short_names_find_the_shipped_file():
-    assert SHIPPED.name == "celo_general.pt" and SHIPPED.is_file()
+    assert SHIPPED.name == "celo_hd.pt" and SHIPPED.is_file()
+    assert resolve_pretrained("celo_general").name == "celo_general.pt"   # the earlier one, by its own name
     a, b = learned_opt.load("celo"), learned_opt.load(str(SHIPPED))
-    assert isinstance(a, NormalizedMLPOptimizer)
+    assert isinstance(a, NormalizedMLPOptimizer) and a.hypergradient > 0
     assert learned_opt.load("general").state_dict().keys() == a.state_dict().keys()
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
@@ -66,3 +67,22 @@ def test_trains_an_nn_module_through_the_adapter():
         finals[name] = losses[-1]
         assert all(map(math.isfinite, losses)) and losses[-1] < 0.5 * losses[0], name
     assert finals["celo"] < finals["adam"], finals
+
+
+def test_its_step_size_adapts_per_task():
+    """The hypergradient state: after 200 steps the per-tensor log step sizes differ between two
+    unseen tasks (a wide ReLU MLP on 8x8 digits, a tanh MLP on MNIST-1D) and between tensors."""
+    rule = learned_opt.load("celo")
+    finals = []
+    for task in (make_task("mlp", dataset="digits", hidden_sizes=[256], activation="relu", batch_size=128),
+                 make_task("mlp", dataset="mnist1d", hidden_sizes=[64, 64], activation="tanh", batch_size=64)):
+        g = torch.Generator().manual_seed(3)
+        params = task.init_params(g)
+        with torch.no_grad():
+            state = init_state(rule, params, 200)
+            res = unroll(task, rule, params, state, 200, g)
+        logs = [float(v.flatten()[0]) for v in res.state["log_step"].values()]
+        assert all(abs(x) <= rule.hypergradient_range + 1e-6 for x in logs)
+        assert max(logs) - min(logs) > 0.1, logs    # per tensor
+        finals.append(logs)
+    assert max(abs(a - b) for a, b in zip(finals[0], finals[1][:len(finals[0])])) > 0.1, finals

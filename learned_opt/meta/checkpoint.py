@@ -200,7 +200,7 @@ def load_rule(path: str | Path, device: str | torch.device = "cpu") -> nn.Module
 
 PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "pretrained"
 # short names of the shipped optimizers; any other file in pretrained/ is found by its stem too
-PRETRAINED_ALIASES = {"celo": "celo_general", "general": "celo_general"}
+PRETRAINED_ALIASES = {"celo": "celo_hd", "general": "celo_hd"}
 
 
 def resolve_pretrained(path: str | Path) -> Path:
