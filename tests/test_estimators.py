@@ -165,7 +165,9 @@ def run_alone(own, rule, theta, params, grads, i):
 CELO_VARIANTS = {"celo": {}, "celo_adam_orth": {"bias_rule": "adam", "orthogonalize": True},
                  "celo_wide_relative": {"magnitude_log_range": 2.0, "relative_step": True, "weight_decay": 0.1},
                  "celo_fixed_scale": {"learn_scale": False, "bias_rule": "adam", "magnitude": False},
-                 "celo_hypergradient": {"hypergradient": 0.2, "bias_rule": "adam"}}
+                 "celo_hypergradient": {"hypergradient": 0.2, "bias_rule": "adam"},
+                 "celo_hypergradient_smooth": {"hypergradient": 0.2, "hypergradient_momentum": 0.6,
+                                               "hypergradient_shrink": 2.0}}
 
 
 @pytest.mark.parametrize("name", ["lstm", "mlp", "learned_adam", *CELO_VARIANTS])

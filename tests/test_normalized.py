@@ -220,10 +220,14 @@ def test_horizon_features_and_state():
 # --------------------------------------------------------------------------- batching
 
 
-@pytest.mark.parametrize("bias_rule, orth, hd", [("mlp", False, 0.0), ("adam", False, 0.0), ("adam", True, 0.0),
-                                                 ("mlp", False, 0.3), ("adam", False, 0.3)])
-def test_population_dim_equals_independent_problems(bias_rule, orth, hd):
-    rule = rule_(bias_rule=bias_rule, step_mult=0.1, orthogonalize=orth, hypergradient=hd)
+HD_SMOOTH = {"hypergradient_momentum": 0.6, "hypergradient_shrink": 2.5}   # both hypergradient options on
+
+
+@pytest.mark.parametrize("bias_rule, orth, hd, extra", [("mlp", False, 0.0, {}), ("adam", False, 0.0, {}),
+                                                        ("adam", True, 0.0, {}), ("mlp", False, 0.3, {}),
+                                                        ("adam", False, 0.3, {}), ("mlp", False, 0.3, HD_SMOOTH)])
+def test_population_dim_equals_independent_problems(bias_rule, orth, hd, extra):
+    rule = rule_(bias_rule=bias_rule, step_mult=0.1, orthogonalize=orth, hypergradient=hd, **extra)
     members = [tree(0), tree(1)]
     grads = [[tree(2), tree(3), tree(6)], [tree(4, 100.0), tree(5, 100.0), tree(7, 100.0)]]  # the second member on another scale
     singles = [run(rule, [grads[i][s] for s in range(3)], members[i], horizon=7)[0] for i in range(2)]
@@ -249,12 +253,13 @@ class _UpdateCall(nn.Module):
         return new, {k: v for k, v in new_state.items() if isinstance(v, dict)}
 
 
-@pytest.mark.parametrize("bias_rule, horizon, orth, hd", [("mlp", None, False, 0.0), ("adam", 50, False, 0.0),
-                                                          ("mlp", 50, True, 0.0), ("mlp", 50, False, 0.2)])
-def test_vmap_over_perturbed_meta_parameters_equals_separate_updates(bias_rule, horizon, orth, hd):
+@pytest.mark.parametrize("bias_rule, horizon, orth, hd, extra", [
+    ("mlp", None, False, 0.0, {}), ("adam", 50, False, 0.0, {}), ("mlp", 50, True, 0.0, {}),
+    ("mlp", 50, False, 0.2, {}), ("mlp", 50, False, 0.2, HD_SMOOTH)])
+def test_vmap_over_perturbed_meta_parameters_equals_separate_updates(bias_rule, horizon, orth, hd, extra):
     """What an ES/PES estimator does: ``vmap`` of ``functional_call`` over stacked meta-parameter
     sets, with shared inner params (in_dims None) and with one inner trajectory per set (in_dims 0)."""
-    rule = rule_(bias_rule=bias_rule, step_mult=0.05, orthogonalize=orth, hypergradient=hd)
+    rule = rule_(bias_rule=bias_rule, step_mult=0.05, orthogonalize=orth, hypergradient=hd, **extra)
     call = _UpdateCall(rule)
     base = dict(call.named_parameters())
     gen = torch.Generator().manual_seed(7)
@@ -544,6 +549,66 @@ def test_hypergradient_steps_do_not_depend_on_the_gradients_scale():
         torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("mu, shrink", [(0.0, 3.0), (0.7, 1.0), (0.7, 2.0)])
+def test_hypergradient_momentum_and_shrink_follow_the_reference(mu, shrink):
+    """One update at step t = 3 from a crafted state (velocity included): l moves by the gain times the
+    bias-corrected momentum of tanh(z), negative values times ``shrink`` (numpy reference); the step is
+    the plain rule's times exp(l)."""
+    import numpy as np
+    hd = rule_(hypergradient=0.3, hypergradient_range=2.0, hypergradient_momentum=mu, hypergradient_shrink=shrink)
+    plain = rule_()
+    plain.load_state_dict({k: v for k, v in hd.state_dict().items() if k != "log_hyper_gain"})
+    params, grads = tree(0), tree(1)
+    last = tree(2)
+    last["bias"], last["conv"] = -grads["bias"], grads["conv"]     # one opposed, one aligned
+    velocity = {"matrix": -0.2, "bias": 0.3, "conv": 0.1, "scalar": 0.0}
+    start = {"matrix": 0.1, "bias": -0.4, "conv": 0.4, "scalar": 0.0}
+    state = {**plain.init(params), "step": 3}
+    hd_state = {**hd.init(params), "step": 3, "last_dir": last,
+                "log_step": {k: torch.full_like(v, start[k]) for k, v in params.items()}}
+    assert ("hyper_velocity" in hd_state) == (mu > 0)
+    if mu:
+        hd_state["hyper_velocity"] = {k: torch.full_like(v, velocity[k]) for k, v in params.items()}
+    a, _ = plain.update(grads, state, params)
+    b, new = hd.update(grads, hd_state, params)
+    gain = math.exp(float(hd.log_hyper_gain.detach()))
+    for k in params:
+        g, u = grads[k].numpy().ravel(), last[k].numpy().ravel()
+        signal = np.tanh((g @ u) * np.sqrt(g.size) / np.sqrt((g @ g) * (u @ u) + 1e-20))
+        if mu:
+            v = mu * velocity[k] + (1 - mu) * signal
+            torch.testing.assert_close(new["hyper_velocity"][k], torch.full_like(params[k], v), rtol=1e-12, atol=1e-15)
+            signal = v / (1 - mu ** 3)
+        want = float(np.clip(start[k] + gain * (shrink * signal if signal < 0 else signal), -2.0, 2.0))
+        torch.testing.assert_close(new["log_step"][k], torch.full_like(params[k], want), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(params[k] - b[k], (params[k] - a[k]) * math.exp(want), rtol=1e-8, atol=1e-12)
+    if shrink != 1 and not mu:   # the opposed tensor fell by shrink x the gain, the aligned one rose by 1 x
+        assert start["bias"] - float(new["log_step"]["bias"].flatten()[0]) > 2.5 * gain
+        assert float(new["log_step"]["conv"].flatten()[0]) - start["conv"] < 1.01 * gain
+
+
+def test_hypergradient_momentum_reacts_later_and_a_steady_signal_moves_l_by_the_gain():
+    """Scalar dynamics of the smoothed signal, from the rule itself: with a gradient always along the last
+    step, l rises by exactly the gain per update (the bias correction), momentum or not; after the signal
+    turns, the smoothed l keeps rising for a few updates while the plain one falls at once."""
+    params = {"w": torch.ones(4, 5, dtype=torch.float64)}
+    traces = {}
+    for mu in (0.0, 0.8):
+        rule = rule_(hypergradient=0.1, hypergradient_momentum=mu, magnitude=False)
+        state, p, trace = rule.init(params), params, []
+        with torch.no_grad():
+            for t in range(12):
+                sign = 1.0 if t < 7 else -1.0          # the gradient points along w, then against it
+                _, state = rule.update({"w": sign * torch.ones_like(p["w"])}, state, p)
+                p = params   # stay put: only the signal matters
+                trace.append(float(state["log_step"]["w"].flatten()[0]))
+        traces[mu] = trace
+    for trace in traces.values():   # step 0 has no last step; steps 1..6 are aligned (cosine 1, tanh(sqrt(20)))
+        rise = math.tanh(math.sqrt(20)) * 0.1
+        assert trace[6] == pytest.approx(6 * rise, rel=1e-6)
+    assert traces[0.0][7] < traces[0.0][6] and traces[0.8][7] > traces[0.8][6]
+
+
 def test_hypergradient_config_round_trip_and_errors(tmp_path):
     rule = make_learned_rule("celo", hypergradient=0.05, hypergradient_range=2.0)
     path = save_checkpoint(tmp_path / "hd.pt", rule, 0, {"optimizer": {"name": "celo"}})
@@ -555,3 +620,13 @@ def test_hypergradient_config_round_trip_and_errors(tmp_path):
         NormalizedMLPOptimizer(hypergradient=-0.1)
     with pytest.raises(ValueError, match="hypergradient_range"):
         NormalizedMLPOptimizer(hypergradient=0.1, hypergradient_range=0.0)
+    with pytest.raises(ValueError, match="needs hypergradient > 0"):
+        NormalizedMLPOptimizer(hypergradient_momentum=0.5)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="hypergradient_momentum"):
+            NormalizedMLPOptimizer(hypergradient=0.1, hypergradient_momentum=bad)
+    with pytest.raises(ValueError, match="hypergradient_shrink"):
+        NormalizedMLPOptimizer(hypergradient=0.1, hypergradient_shrink=0.0)
+    smooth = make_learned_rule("celo", hypergradient=0.1, hypergradient_momentum=0.5, hypergradient_shrink=2.0)
+    again = learned_opt.load(save_checkpoint(tmp_path / "smooth.pt", smooth, 0, {}))
+    assert again.config() == smooth.config() and again.hypergradient_shrink == 2.0

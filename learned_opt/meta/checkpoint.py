@@ -198,6 +198,45 @@ def load_rule(path: str | Path, device: str | torch.device = "cpu") -> nn.Module
     return rule.requires_grad_(False)
 
 
+def derive_checkpoint(source: str | Path, dest: str | Path, set_config: dict[str, Any] | None = None,
+                      shift: dict[str, float] | None = None) -> Path:
+    """Write ``dest``: the optimizer of ``source`` (a file or a short name) with some constructor options
+    changed (``set_config``, e.g. ``{"hypergradient_shrink": 2.0}``) and some scalar meta-parameters moved
+    by a constant (``shift``, e.g. ``{"log_scale": 1.0}``: steps ``e`` times larger). Every other
+    meta-parameter is copied; one that the changed options add keeps its initial value. The result
+    records where it came from (``derived_from``: the source file, its hash, the changes) and is a
+    meta-parameters-only checkpoint, like a run's ``best.pt``. A clear :class:`CheckpointError` or
+    ``ValueError`` for an unknown option, a parameter that does not exist or is not a scalar, or
+    options the source's weights do not fit."""
+    set_config, shift = dict(set_config or {}), {k: float(v) for k, v in (shift or {}).items()}
+    path = resolve_pretrained(source)
+    ckpt = load_checkpoint(path)
+    name = ckpt["rule"]["name"]
+    config = {**ckpt["rule"]["config"], **set_config}
+    try:
+        rule = make_learned_rule(name, **config)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"cannot rebuild {name!r} from {path} with {set_config}: {e}") from e
+    state = rule.state_dict()
+    unexpected = sorted(set(ckpt["meta_params"]) - set(state))
+    mismatched = sorted(k for k, v in ckpt["meta_params"].items() if k in state and state[k].shape != v.shape)
+    if unexpected or mismatched:
+        raise CheckpointError(f"{path}'s meta-parameters do not fit {name!r} with {set_config}: "
+                              f"not in the new rule {unexpected}, other shape {mismatched}")
+    state.update(ckpt["meta_params"])
+    for key, delta in shift.items():
+        if key not in state:
+            raise ValueError(f"shift: {key!r} is not a meta-parameter of {name!r}; its scalars: "
+                             f"{', '.join(k for k, v in state.items() if v.numel() == 1)}")
+        if state[key].numel() != 1:
+            raise ValueError(f"shift: {key!r} has shape {tuple(state[key].shape)}; only scalars can be shifted")
+        state[key] = state[key] + delta
+    rule.load_state_dict(state)
+    origin = {"source": str(source), "source_sha256": str(ckpt.get(HASH_KEY, "legacy")),
+              "set": {k: v for k, v in set_config.items()}, "shift": shift}
+    return save_checkpoint(dest, rule, ckpt["meta_step"], json.loads(ckpt["config"]), derived_from=origin)
+
+
 PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "pretrained"
 # short names of the shipped optimizers; any other file in pretrained/ is found by its stem too
 PRETRAINED_ALIASES = {"celo": "celo_hd", "general": "celo_hd"}

@@ -48,6 +48,18 @@ because a noise-only gradient gives a cosine of about ``1/sqrt(n)``: ``tanh(z)``
 for every tensor size. ``log_hyper_gain`` starts at ``log(beta)`` (a meta-parameter with
 ``learn_scale``). State: ``log_step`` and ``last_dir`` (per tensor, full shape, ``l`` repeated).
 
+``hypergradient_momentum=mu`` in (0, 1) smooths that signal before it moves ``l`` (a momentum on the
+log step size, bias-corrected as in Adam; ``t`` = the number of updates before this one)::
+
+    a <- mu * a + (1 - mu) * tanh(z)
+    l <- clamp(l + exp(log_hyper_gain) * a / (1 - mu^max(t, 1)), -hypergradient_range, hypergradient_range)
+
+A signal that keeps its sign still moves ``l`` by the gain per step, while noise that flips sign
+from step to step is averaged out (its effect on ``l`` shrinks about ``sqrt((1 - mu) / (1 + mu))``
+times), so a larger gain can be used: the step size then finds its level in fewer steps. The
+price is a lag of about ``1 / (1 - mu)`` steps before ``l`` turns. ``a`` is the state entry
+``hyper_velocity`` (per tensor, full shape); ``mu = 0`` (the default) is the plain rule above.
+
 ``bias_rule="adam"``: tensors with at most one dim (biases, gains, scalars) skip the MLP and
 take a plain Adam step (betas 0.9 / 0.999, eps 1e-8, with bias correction, from the
 ``momentum_0.9`` and ``rms_0.999`` buffers), times ``step_mult * lr * exp(log_bias_scale)``
@@ -67,6 +79,7 @@ State (the :mod:`baselines.base` convention)::
      "rms_<b>": {name: Tensor(param.shape)}, ...,         # one per rms decay, e.g. "rms_0.999"
      "log_step": {name: Tensor(param.shape)},              # only with hypergradient > 0 (MLP tensors)
      "last_dir": {name: Tensor(param.shape)},              #   the same
+     "hyper_velocity": {name: Tensor(param.shape)},        # only with hypergradient_momentum > 0 as well
      "horizon": int}                                      # only when init was given a horizon
 
 Sign convention as in :mod:`.mlp`: ``new = w - step``, a positive direction moves against the
@@ -112,6 +125,7 @@ EPS = 1e-20                 # in every normalisation: RMS values down to ~1e-10 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8   # the bias path's Adam
 INIT_OUT_SCALE = 0.01       # the MLP's last layer starts this much smaller than torch's default
 HYPER_KEYS = ("log_step", "last_dir")   # the hypergradient's state entries
+VELOCITY_KEY = "hyper_velocity"         # and with hypergradient_momentum > 0, its smoothed signal
 RELATIVE_FLOOR = 1e-6       # relative_step: the RMS used is sqrt(mean(w^2) + floor^2) (finite gradients at 0)
 NUM_TIME_HORIZON = 2        # fraction-of-horizon features: [min(t / H, 1), 1] (zeros without H)
 
@@ -182,6 +196,8 @@ class NormalizedMLPOptimizer(LearnedRule):
         hypergradient: ``beta >= 0``, the initial gain of the online per-tensor step-size adaptation
             (module docstring); 0 turns it off (no extra state, no ``log_hyper_gain``).
         hypergradient_range: ``R > 0``: the adapted log step size stays in ``[-R, R]``.
+        hypergradient_momentum: ``mu`` in ``[0, 1)``: smooth the hypergradient signal by a bias-corrected
+            momentum before it moves the log step size (module docstring); 0 (the default): no smoothing.
 
     Meta-parameters: ``layers`` (``nn.Linear``s, torch's default initialisation from torch's global
     RNG, last layer scaled by 0.01), ``skip`` (the linear direction term) and, with
@@ -199,7 +215,8 @@ class NormalizedMLPOptimizer(LearnedRule):
                  step_mult: float = 1e-3, lr: float = 1.0, magnitude: bool = True, learn_scale: bool = True,
                  output_norm: bool = True, magnitude_log_range: float | None = None,
                  weight_decay: float = 0.0, bias_rule: str = "mlp", relative_step: bool = False,
-                 orthogonalize: bool = False, hypergradient: float = 0.0, hypergradient_range: float = 3.0):
+                 orthogonalize: bool = False, hypergradient: float = 0.0, hypergradient_range: float = 3.0,
+                 hypergradient_momentum: float = 0.0, hypergradient_shrink: float = 1.0):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
         for i, h in enumerate(hidden_sizes):
@@ -214,7 +231,14 @@ class NormalizedMLPOptimizer(LearnedRule):
         check_range("weight_decay", weight_decay, 0.0)
         check_range("hypergradient", hypergradient, 0.0)
         check_range("hypergradient_range", hypergradient_range, 0.0, low_inclusive=False)
+        check_range("hypergradient_momentum", hypergradient_momentum, 0.0, 1.0, high_inclusive=False)
+        if hypergradient_momentum > 0 and hypergradient == 0:
+            raise ValueError(f"hypergradient_momentum={hypergradient_momentum} smooths the hypergradient step size: "
+                             "it needs hypergradient > 0")
         self.hypergradient, self.hypergradient_range = float(hypergradient), float(hypergradient_range)
+        self.hypergradient_momentum = float(hypergradient_momentum)
+        check_range("hypergradient_shrink", hypergradient_shrink, 0.0, low_inclusive=False)
+        self.hypergradient_shrink = float(hypergradient_shrink)
         if magnitude_log_range is not None:
             check_range("magnitude_log_range", magnitude_log_range, 0.0, low_inclusive=False)
             magnitude_log_range = float(magnitude_log_range)
@@ -264,7 +288,15 @@ class NormalizedMLPOptimizer(LearnedRule):
                 "magnitude_log_range": self.magnitude_log_range,
                 "learn_scale": self.learn_scale, "weight_decay": self.weight_decay, "bias_rule": self.bias_rule,
                 "relative_step": self.relative_step, "orthogonalize": self.orthogonalize,
-                "hypergradient": self.hypergradient, "hypergradient_range": self.hypergradient_range}
+                "hypergradient": self.hypergradient, "hypergradient_range": self.hypergradient_range,
+                "hypergradient_momentum": self.hypergradient_momentum, "hypergradient_shrink": self.hypergradient_shrink}
+
+    @property
+    def hyper_keys(self) -> tuple[str, ...]:
+        """The hypergradient's state entries (none with ``hypergradient=0``)."""
+        if self.hypergradient == 0:
+            return ()
+        return HYPER_KEYS + ((VELOCITY_KEY,) if self.hypergradient_momentum > 0 else ())
 
     @property
     def momentum_keys(self) -> list[str]:
@@ -363,7 +395,7 @@ class NormalizedMLPOptimizer(LearnedRule):
         for key in (*self.momentum_keys, *self.rms_keys):
             state[key] = {k: torch.zeros_like(p) for k, p in params.items()}
         if self.hypergradient > 0:
-            for key in HYPER_KEYS:
+            for key in self.hyper_keys:
                 state[key] = {k: torch.zeros_like(p) for k, p in params.items() if not self._is_small(p)}
         if horizon is not None:
             check_int("horizon", horizon, 1)
@@ -399,8 +431,14 @@ class NormalizedMLPOptimizer(LearnedRule):
         n = math.prod(u.shape[d] for d in dims)
         z = total(g * last) * math.sqrt(n) * torch.rsqrt(total(g * g) * total(last * last) + EPS)
         gain = torch.exp(self._meta("log_hyper_gain").to(u.dtype))
-        r = self.hypergradient_range
-        log_step = torch.clamp(log_step + self._per_member(gain, z) * torch.tanh(z), -r, r)
+        r, mu, signal = self.hypergradient_range, self.hypergradient_momentum, torch.tanh(z)
+        if mu > 0:   # bias-corrected momentum on the signal; t = 0 has no signal (no last step) and a = 0
+            velocity = mu * state[VELOCITY_KEY][k].to(u.dtype) + (1 - mu) * signal
+            new_state[VELOCITY_KEY][k] = velocity
+            signal = velocity / (1 - mu ** max(state["step"], 1))
+        if self.hypergradient_shrink != 1:
+            signal = torch.where(signal < 0, self.hypergradient_shrink * signal, signal)
+        log_step = torch.clamp(log_step + self._per_member(gain, z) * signal, -r, r)
         new_state["log_step"][k], new_state["last_dir"][k] = log_step, u
         return u * torch.exp(log_step)
 
@@ -413,7 +451,7 @@ class NormalizedMLPOptimizer(LearnedRule):
         for key, b in zip(self.rms_keys, self.rms_decays):
             new_state[key] = {k: b * v + (1 - b) * grads[k] * grads[k] for k, v in state[key].items()}
         if self.hypergradient > 0:
-            new_state.update({key: {} for key in HYPER_KEYS})   # filled per MLP tensor by _adapt
+            new_state.update({key: {} for key in self.hyper_keys})   # filled per MLP tensor by _adapt
         if horizon is not None:
             new_state["horizon"] = horizon
         if not names:
