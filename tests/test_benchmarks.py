@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ["bench_meta_step", "bench_vs_higher", "bench_population", "bench_flops", "bench_memory", "bench_estimators"]
+BENCHMARKS = ["bench_meta_step", "bench_vs_higher", "bench_population", "bench_flops", "bench_memory", "bench_estimators",
+              "bench_celo_step"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

@@ -1,5 +1,6 @@
-"""The recommended general-purpose learned optimizer (pretrained/celo_hd.pt): found by its short names,
-usable through the torch.optim adapter, and better than Adam at its default lr on a task it never saw."""
+"""The recommended general-purpose learned optimizer (pretrained/celo_backoff.pt): found by its short names,
+rebuilt bit for bit by the command that made it, usable through the torch.optim adapter, and better than
+Adam at its default lr on a task it never saw."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 import baselines as B
 import learned_opt
-from learned_opt.meta.checkpoint import resolve_pretrained
+from learned_opt.meta.checkpoint import derive_checkpoint, load_checkpoint, resolve_pretrained
 from learned_opt.optimizers.normalized import NormalizedMLPOptimizer
 from learned_opt.tasks import make_task
 from learned_opt.unroll import init_state, unroll
@@ -19,13 +20,26 @@ SHIPPED = resolve_pretrained("celo")
 
 
 def test_short_names_find_the_shipped_file():
-    assert SHIPPED.name == "celo_hd.pt" and SHIPPED.is_file()
-    assert resolve_pretrained("celo_general").name == "celo_general.pt"   # the earlier one, by its own name
+    assert SHIPPED.name == "celo_backoff.pt" and SHIPPED.is_file()
+    for name in ("celo_general", "celo_hd"):   # the earlier ones, by their own names
+        assert resolve_pretrained(name).name == f"{name}.pt"
     a, b = learned_opt.load("celo"), learned_opt.load(str(SHIPPED))
-    assert isinstance(a, NormalizedMLPOptimizer) and a.hypergradient > 0
+    assert isinstance(a, NormalizedMLPOptimizer) and a.hypergradient > 0 and a.hypergradient_shrink == 2.0
     assert learned_opt.load("general").state_dict().keys() == a.state_dict().keys()
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
+
+
+def test_it_is_celo_hd_with_the_settings_its_readme_names(tmp_path):
+    """pretrained/README.md: celo_hd's meta-trained weights, log_scale + 1 (steps e times larger), backing off
+    twice as fast (hypergradient_shrink=2). Re-deriving it gives the same meta-parameters and config."""
+    again = derive_checkpoint("celo_hd", tmp_path / "again.pt", {"hypergradient_shrink": 2}, {"log_scale": 1.0})
+    shipped, rebuilt, hd = load_checkpoint(SHIPPED), load_checkpoint(again), load_checkpoint(resolve_pretrained("celo_hd"))
+    assert shipped["rule"] == rebuilt["rule"] and shipped["derived_from"] == rebuilt["derived_from"]
+    assert shipped["derived_from"]["source_sha256"] == hd["sha256"]
+    for k, v in shipped["meta_params"].items():
+        assert torch.equal(v, rebuilt["meta_params"][k]), k
+        assert torch.equal(v, hd["meta_params"][k]) == (k != "log_scale"), k
 
 
 def mean_loss(rule, task, steps: int, seed: int) -> float:
