@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import baselines as B
 
-from common import emit, machine_line, write_table
+from common import emit, machine_line, step_models, write_table
 
 CASES = {
     "sgd-momentum": (lambda: B.SGD(lr=1e-2, momentum=0.9),
@@ -28,15 +27,6 @@ CASES = {
     "rmsprop": (lambda: B.RMSprop(lr=1e-3), lambda p, **kw: torch.optim.RMSprop(p, lr=1e-3, **kw)),
     "adam": (lambda: B.Adam(lr=1e-3), lambda p, **kw: torch.optim.Adam(p, lr=1e-3, **kw)),
 }
-
-
-def models() -> dict[str, nn.Module]:
-    big = nn.Sequential(nn.Linear(1024, 768), nn.ReLU(), nn.Linear(768, 384), nn.ReLU(), nn.Linear(384, 10))
-    small = nn.Sequential(*[nn.Linear(16, 16) for _ in range(100)])
-    return {f"MLP {sum(p.numel() for p in big.parameters()) / 1e6:.2f}M params, "
-            f"{len(list(big.parameters()))} tensors": big,
-            f"{len(list(small.parameters()))} small tensors, "
-            f"{sum(p.numel() for p in small.parameters()) / 1e3:.0f}k params": small}
 
 
 def median_step_time(opt: torch.optim.Optimizer, repeats: int) -> list[float]:
@@ -62,7 +52,7 @@ def main() -> None:
              "| model | optimizer | ours (us) | torch default (us) | torch foreach (us) | ours/default | ours/foreach |",
              "|---|---|---|---|---|---|---|"]
     print("\n".join(lines))
-    for mname, model in models().items():
+    for mname, model in step_models().items():
         model = model.to(device)
         for oname, (ours, theirs) in CASES.items():
             copies = {k: [p.detach().clone().requires_grad_() for p in model.parameters()]

@@ -13,23 +13,13 @@ small tensors. Measurements are interleaved so that machine noise hits every rul
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 import baselines as B
 import learned_opt
 
-from common import emit, interleaved, machine_line, parse_args, parser, write_table
+from common import emit, interleaved, machine_line, parse_args, parser, step_models, write_table
 
 RULES = ("celo_general", "celo_hd", "celo_backoff")
-
-
-def models() -> dict[str, nn.Module]:
-    big = nn.Sequential(nn.Linear(1024, 768), nn.ReLU(), nn.Linear(768, 384), nn.ReLU(), nn.Linear(384, 10))
-    small = nn.Sequential(*[nn.Linear(16, 16) for _ in range(100)])
-    return {f"MLP {sum(p.numel() for p in big.parameters()) / 1e6:.2f}M params, "
-            f"{len(list(big.parameters()))} tensors": big,
-            f"{len(list(small.parameters()))} small tensors, "
-            f"{sum(p.numel() for p in small.parameters()) / 1e3:.0f}k params": small}
 
 
 def main() -> None:
@@ -40,7 +30,7 @@ def main() -> None:
              "| model | optimizer | step (us) | / torch Adam (foreach) | / fixed step (celo_general) |",
              "|---|---|---|---|---|"]
     print("\n".join(lines))
-    chosen = models()
+    chosen = step_models()
     if args.quick:
         chosen = dict(list(chosen.items())[1:])
     for mname, model in chosen.items():

@@ -93,3 +93,15 @@ def write_table(out: Path | None, lines: list[str]) -> None:
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "table.md").write_text("\n".join(lines) + "\n")
+
+
+def step_models() -> dict[str, torch.nn.Module]:
+    """The two models an optimizer step is timed on: an MLP of ~1M parameters in 6 large tensors, and 200
+    small tensors (where per-tensor overheads dominate), keyed by a description."""
+    from torch import nn
+    big = nn.Sequential(nn.Linear(1024, 768), nn.ReLU(), nn.Linear(768, 384), nn.ReLU(), nn.Linear(384, 10))
+    small = nn.Sequential(*[nn.Linear(16, 16) for _ in range(100)])
+    return {f"MLP {sum(p.numel() for p in big.parameters()) / 1e6:.2f}M params, "
+            f"{len(list(big.parameters()))} tensors": big,
+            f"{len(list(small.parameters()))} small tensors, "
+            f"{sum(p.numel() for p in small.parameters()) / 1e3:.0f}k params": small}
