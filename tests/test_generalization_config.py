@@ -107,3 +107,25 @@ def test_selection_config_validates_and_is_disjoint_from_the_suite():
         assert outside_family(spec), f"selection.{label} lies inside configs/family/general.yaml"
         assert all(strip(spec) != strip(s) for s in CONFIG["suite"].values()), f"selection.{label} is a suite task"
     assert not set(SELECTION["seeds"]) & (set(CONFIG["seeds"]) | set(SELECTION["tuning"]["seeds"]))
+
+
+# --------------------------------------------------------------------------- the hold-out set
+
+HOLDOUT = composed_config("holdout", resolve=True)
+
+
+def test_holdout_config_validates_and_is_disjoint_from_the_suite_and_the_selection_set():
+    """configs/holdout.yaml: a third set of unseen tasks, outside the family, none of them a suite or a
+    selection task, with seeds of its own."""
+    cfg = {k: v for k, v in HOLDOUT.items() if k != "resume"}
+    cfg["suite"] = {k: v for k, v in cfg["suite"].items() if not v.get("requires_files")}  # no data root here
+    specs, suite = check_config(cfg, torch.device("cpu"))
+    assert len(HOLDOUT["suite"]) >= 8 and len(suite) == len(cfg["suite"])
+    assert {"adam", "celo_backoff", "celo_hd"} <= {s.label for s in specs}
+    strip = lambda spec: {k: v for k, v in spec.items() if k != "steps"}  # noqa: E731
+    others = [*CONFIG["suite"].values(), *SELECTION["suite"].values()]
+    for label, spec in HOLDOUT["suite"].items():
+        assert outside_family(spec), f"holdout.{label} lies inside configs/family/general.yaml"
+        assert all(strip(spec) != strip(s) for s in others), f"holdout.{label} is a suite or selection task"
+    used = set(CONFIG["seeds"]) | set(SELECTION["seeds"]) | set(HOLDOUT["tuning"]["seeds"])
+    assert len(HOLDOUT["seeds"]) >= 5 and not set(HOLDOUT["seeds"]) & used
