@@ -60,6 +60,11 @@ times), so a larger gain can be used: the step size then finds its level in fewe
 price is a lag of about ``1 / (1 - mu)`` steps before ``l`` turns. ``a`` is the state entry
 ``hyper_velocity`` (per tensor, full shape); ``mu = 0`` (the default) is the plain rule above.
 
+``hypergradient_shrink=k > 0`` multiplies the signal by ``k`` where it is negative (after the momentum,
+if any): with ``k > 1`` the step size falls ``k`` times faster than it rises, so a step that starts too
+large (a larger learned scale) is undone quickly, as Rprop backs off faster than it grows. ``k = 1``
+(the default) is the symmetric rule.
+
 ``bias_rule="adam"``: tensors with at most one dim (biases, gains, scalars) skip the MLP and
 take a plain Adam step (betas 0.9 / 0.999, eps 1e-8, with bias correction, from the
 ``momentum_0.9`` and ``rms_0.999`` buffers), times ``step_mult * lr * exp(log_bias_scale)``
@@ -198,6 +203,8 @@ class NormalizedMLPOptimizer(LearnedRule):
         hypergradient_range: ``R > 0``: the adapted log step size stays in ``[-R, R]``.
         hypergradient_momentum: ``mu`` in ``[0, 1)``: smooth the hypergradient signal by a bias-corrected
             momentum before it moves the log step size (module docstring); 0 (the default): no smoothing.
+        hypergradient_shrink: ``k > 0``: negative step-size signals are multiplied by ``k`` (module docstring);
+            1 (the default): the log step size rises and falls alike.
 
     Meta-parameters: ``layers`` (``nn.Linear``s, torch's default initialisation from torch's global
     RNG, last layer scaled by 0.01), ``skip`` (the linear direction term) and, with
