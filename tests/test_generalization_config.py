@@ -129,3 +129,23 @@ def test_holdout_config_validates_and_is_disjoint_from_the_suite_and_the_selecti
         assert all(strip(spec) != strip(s) for s in others), f"holdout.{label} is a suite or selection task"
     used = set(CONFIG["seeds"]) | set(SELECTION["seeds"]) | set(HOLDOUT["tuning"]["seeds"])
     assert len(HOLDOUT["seeds"]) >= 5 and not set(HOLDOUT["seeds"]) & used
+
+
+HOLDOUT2 = composed_config("holdout2", resolve=True)
+
+
+def test_second_holdout_config_validates_and_is_disjoint_from_every_other_set():
+    """configs/holdout2.yaml: a fourth set of unseen tasks, outside the family, none of them a task of the
+    suite, the selection set or the first hold-out set, with seeds of its own."""
+    cfg = {k: v for k, v in HOLDOUT2.items() if k != "resume"}
+    cfg["suite"] = {k: v for k, v in cfg["suite"].items() if not v.get("requires_files")}  # no data root here
+    specs, suite = check_config(cfg, torch.device("cpu"))
+    assert len(HOLDOUT2["suite"]) >= 8 and len(suite) == len(cfg["suite"])
+    assert {"adam", "celo_backoff", "celo_hd"} <= {s.label for s in specs}
+    strip = lambda spec: {k: v for k, v in spec.items() if k != "steps"}  # noqa: E731
+    others = [*CONFIG["suite"].values(), *SELECTION["suite"].values(), *HOLDOUT["suite"].values()]
+    for label, spec in HOLDOUT2["suite"].items():
+        assert outside_family(spec), f"holdout2.{label} lies inside configs/family/general.yaml"
+        assert all(strip(spec) != strip(s) for s in others), f"holdout2.{label} is a task of another set"
+    used = set(CONFIG["seeds"]) | set(SELECTION["seeds"]) | set(HOLDOUT["seeds"]) | set(HOLDOUT2["tuning"]["seeds"])
+    assert len(HOLDOUT2["seeds"]) >= 5 and not set(HOLDOUT2["seeds"]) & used
