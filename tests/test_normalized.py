@@ -549,13 +549,14 @@ def test_hypergradient_steps_do_not_depend_on_the_gradients_scale():
         torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("mu, shrink", [(0.0, 3.0), (0.7, 1.0), (0.7, 2.0)])
-def test_hypergradient_momentum_and_shrink_follow_the_reference(mu, shrink):
+@pytest.mark.parametrize("mu, shrink, floor", [(0.0, 3.0, None), (0.7, 1.0, None), (0.7, 2.0, None), (0.0, 3.0, -0.5)])
+def test_hypergradient_momentum_and_shrink_follow_the_reference(mu, shrink, floor):
     """One update at step t = 3 from a crafted state (velocity included): l moves by the gain times the
     bias-corrected momentum of tanh(z), negative values times ``shrink`` (numpy reference); the step is
-    the plain rule's times exp(l)."""
+    the plain rule's times exp(l); with a floor, l is clipped to [floor, 2] instead of [-2, 2]."""
     import numpy as np
-    hd = rule_(hypergradient=0.3, hypergradient_range=2.0, hypergradient_momentum=mu, hypergradient_shrink=shrink)
+    hd = rule_(hypergradient=0.3, hypergradient_range=2.0, hypergradient_momentum=mu, hypergradient_shrink=shrink,
+               hypergradient_floor=floor)
     plain = rule_()
     plain.load_state_dict({k: v for k, v in hd.state_dict().items() if k != "log_hyper_gain"})
     params, grads = tree(0), tree(1)
@@ -579,12 +580,44 @@ def test_hypergradient_momentum_and_shrink_follow_the_reference(mu, shrink):
             v = mu * velocity[k] + (1 - mu) * signal
             torch.testing.assert_close(new["hyper_velocity"][k], torch.full_like(params[k], v), rtol=1e-12, atol=1e-15)
             signal = v / (1 - mu ** 3)
-        want = float(np.clip(start[k] + gain * (shrink * signal if signal < 0 else signal), -2.0, 2.0))
+        want = float(np.clip(start[k] + gain * (shrink * signal if signal < 0 else signal),
+                             -2.0 if floor is None else floor, 2.0))
         torch.testing.assert_close(new["log_step"][k], torch.full_like(params[k], want), rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(params[k] - b[k], (params[k] - a[k]) * math.exp(want), rtol=1e-8, atol=1e-12)
-    if shrink != 1 and not mu:   # the opposed tensor fell by shrink x the gain, the aligned one rose by 1 x
+    if floor is not None:        # the opposed tensor would have fallen below the floor: it stops there
+        assert float(new["log_step"]["bias"].flatten()[0]) == pytest.approx(floor, abs=1e-15)
+    elif shrink != 1 and not mu:   # the opposed tensor fell by shrink x the gain, the aligned one rose by 1 x
         assert start["bias"] - float(new["log_step"]["bias"].flatten()[0]) > 2.5 * gain
         assert float(new["log_step"]["conv"].flatten()[0]) - start["conv"] < 1.01 * gain
+
+
+def test_hypergradient_shrink_drifts_down_on_pure_noise_and_the_floor_stops_it():
+    """Gradients of pure isotropic noise (fresh each step, independent of the last step): z = cos * sqrt(n)
+    is about N(0, 1), so the symmetric rule's l has no drift, while with shrink k it falls by about
+    gain * (k - 1) / 2 * E|tanh Z| per update (E|tanh Z| by numerical quadrature here); a floor F holds l
+    at F and leaves the rest alone."""
+    import numpy as np
+    zs = np.linspace(-10, 10, 200001)
+    e_abs_tanh = float(np.sum(np.abs(np.tanh(zs)) * np.exp(-zs ** 2 / 2)) * (zs[1] - zs[0]) / math.sqrt(2 * math.pi))
+    params = {"w": torch.ones(30, 40, dtype=torch.float64)}
+    gen = torch.Generator().manual_seed(0)
+    noise = [torch.randn(30, 40, generator=gen, dtype=torch.float64) for _ in range(400)]
+    finals = {}
+    for shrink, floor, r in ((1.0, None, 100.0), (2.0, None, 100.0), (2.0, -1.0, 3.0)):
+        rule = rule_(hypergradient=0.05, hypergradient_range=r, hypergradient_shrink=shrink, hypergradient_floor=floor)
+        state, trace = rule.init(params), []
+        with torch.no_grad():
+            for g in noise:
+                _, state = rule.update({"w": g}, state, params)
+                trace.append(float(state["log_step"]["w"].flatten()[0]))
+        finals[shrink, floor] = trace
+    gain, n = 0.05, len(noise) - 1        # the first update has no last step
+    drift = -gain * (2.0 - 1) / 2 * e_abs_tanh
+    assert abs(finals[1.0, None][-1]) < 0.25 * abs(drift) * n   # no drift: a random walk of ~gain * sqrt(n) * 0.6
+    assert finals[2.0, None][-1] == pytest.approx(drift * n, rel=0.15)
+    floored = finals[2.0, -1.0]
+    assert min(floored) == pytest.approx(-1.0, abs=1e-12) and floored[-1] > -1.0 - 1e-12
+    assert floored[:10] == pytest.approx(finals[2.0, None][:10], abs=1e-12)   # equal until the floor is reached
 
 
 def test_hypergradient_momentum_reacts_later_and_a_steady_signal_moves_l_by_the_gain():
@@ -627,6 +660,14 @@ def test_hypergradient_config_round_trip_and_errors(tmp_path):
             NormalizedMLPOptimizer(hypergradient=0.1, hypergradient_momentum=bad)
     with pytest.raises(ValueError, match="hypergradient_shrink"):
         NormalizedMLPOptimizer(hypergradient=0.1, hypergradient_shrink=0.0)
+    for bad in (0.5, -3.5):   # above 0, or below -hypergradient_range
+        with pytest.raises(ValueError, match="hypergradient_floor"):
+            NormalizedMLPOptimizer(hypergradient=0.1, hypergradient_floor=bad)
+    with pytest.raises(ValueError, match="needs hypergradient > 0"):
+        NormalizedMLPOptimizer(hypergradient_floor=-1.0)
+    floored = make_learned_rule("celo", hypergradient=0.1, hypergradient_shrink=2.0, hypergradient_floor=-1.0)
+    back = learned_opt.load(save_checkpoint(tmp_path / "floored.pt", floored, 0, {}))
+    assert back.config() == floored.config() and back.hypergradient_floor == -1.0
     smooth = make_learned_rule("celo", hypergradient=0.1, hypergradient_momentum=0.5, hypergradient_shrink=2.0)
     again = learned_opt.load(save_checkpoint(tmp_path / "smooth.pt", smooth, 0, {}))
     assert again.config() == smooth.config() and again.hypergradient_shrink == 2.0

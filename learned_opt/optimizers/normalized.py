@@ -65,6 +65,14 @@ if any): with ``k > 1`` the step size falls ``k`` times faster than it rises, so
 large (a larger learned scale) is undone quickly, as Rprop backs off faster than it grows. ``k = 1``
 (the default) is the symmetric rule.
 
+``hypergradient_floor=F`` in ``[-R, 0]`` lowers the clamp's lower end from ``-R`` to ``F``: ``l`` stays in ``[F, R]``.
+The signal is a one-step (greedy) hypergradient, and where the gradient is dominated by minibatch noise
+it is biased downwards: the last step moved along noise that the curvature now pushes back, and with
+``k > 1`` a noise-only signal (``E[tanh z] = 0``) still has mean ``-(k - 1) / 2 * E|tanh z|``, about
+``-0.3`` for ``k = 2``. ``l`` then drifts to the lower end whatever the task needs, and a step
+``exp(-R)`` times the learned one can stall training. ``F`` bounds that drift (``None``, the default:
+``F = -R``, the rule above).
+
 ``bias_rule="adam"``: tensors with at most one dim (biases, gains, scalars) skip the MLP and
 take a plain Adam step (betas 0.9 / 0.999, eps 1e-8, with bias correction, from the
 ``momentum_0.9`` and ``rms_0.999`` buffers), times ``step_mult * lr * exp(log_bias_scale)``
@@ -205,6 +213,8 @@ class NormalizedMLPOptimizer(LearnedRule):
             momentum before it moves the log step size (module docstring); 0 (the default): no smoothing.
         hypergradient_shrink: ``k > 0``: negative step-size signals are multiplied by ``k`` (module docstring);
             1 (the default): the log step size rises and falls alike.
+        hypergradient_floor: ``F`` in ``[-R, 0]``: the adapted log step size stays in ``[F, R]`` (module
+            docstring); ``None`` (the default): ``F = -R``.
 
     Meta-parameters: ``layers`` (``nn.Linear``s, torch's default initialisation from torch's global
     RNG, last layer scaled by 0.01), ``skip`` (the linear direction term) and, with
@@ -223,7 +233,8 @@ class NormalizedMLPOptimizer(LearnedRule):
                  output_norm: bool = True, magnitude_log_range: float | None = None,
                  weight_decay: float = 0.0, bias_rule: str = "mlp", relative_step: bool = False,
                  orthogonalize: bool = False, hypergradient: float = 0.0, hypergradient_range: float = 3.0,
-                 hypergradient_momentum: float = 0.0, hypergradient_shrink: float = 1.0):
+                 hypergradient_momentum: float = 0.0, hypergradient_shrink: float = 1.0,
+                 hypergradient_floor: float | None = None):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
         for i, h in enumerate(hidden_sizes):
@@ -246,6 +257,13 @@ class NormalizedMLPOptimizer(LearnedRule):
         self.hypergradient_momentum = float(hypergradient_momentum)
         check_range("hypergradient_shrink", hypergradient_shrink, 0.0, low_inclusive=False)
         self.hypergradient_shrink = float(hypergradient_shrink)
+        if hypergradient_floor is not None:
+            check_range("hypergradient_floor", hypergradient_floor, -self.hypergradient_range, 0.0, high_inclusive=True)
+            if hypergradient == 0:
+                raise ValueError(f"hypergradient_floor={hypergradient_floor} bounds the hypergradient step size: "
+                                 "it needs hypergradient > 0")
+            hypergradient_floor = float(hypergradient_floor)
+        self.hypergradient_floor = hypergradient_floor
         if magnitude_log_range is not None:
             check_range("magnitude_log_range", magnitude_log_range, 0.0, low_inclusive=False)
             magnitude_log_range = float(magnitude_log_range)
@@ -296,7 +314,8 @@ class NormalizedMLPOptimizer(LearnedRule):
                 "learn_scale": self.learn_scale, "weight_decay": self.weight_decay, "bias_rule": self.bias_rule,
                 "relative_step": self.relative_step, "orthogonalize": self.orthogonalize,
                 "hypergradient": self.hypergradient, "hypergradient_range": self.hypergradient_range,
-                "hypergradient_momentum": self.hypergradient_momentum, "hypergradient_shrink": self.hypergradient_shrink}
+                "hypergradient_momentum": self.hypergradient_momentum, "hypergradient_shrink": self.hypergradient_shrink,
+                "hypergradient_floor": self.hypergradient_floor}
 
     @property
     def hyper_keys(self) -> tuple[str, ...]:
@@ -445,7 +464,8 @@ class NormalizedMLPOptimizer(LearnedRule):
             signal = velocity / (1 - mu ** max(state["step"], 1))
         if self.hypergradient_shrink != 1:
             signal = torch.where(signal < 0, self.hypergradient_shrink * signal, signal)
-        log_step = torch.clamp(log_step + self._per_member(gain, z) * signal, -r, r)
+        low = -r if self.hypergradient_floor is None else self.hypergradient_floor
+        log_step = torch.clamp(log_step + self._per_member(gain, z) * signal, low, r)
         new_state["log_step"][k], new_state["last_dir"][k] = log_step, u
         return u * torch.exp(log_step)
 
