@@ -149,3 +149,24 @@ def test_second_holdout_config_validates_and_is_disjoint_from_every_other_set():
         assert all(strip(spec) != strip(s) for s in others), f"holdout2.{label} is a task of another set"
     used = set(CONFIG["seeds"]) | set(SELECTION["seeds"]) | set(HOLDOUT["seeds"]) | set(HOLDOUT2["tuning"]["seeds"])
     assert len(HOLDOUT2["seeds"]) >= 5 and not set(HOLDOUT2["seeds"]) & used
+
+
+HOLDOUT3 = composed_config("holdout3", resolve=True)
+
+
+def test_third_holdout_config_validates_and_is_disjoint_from_every_other_set():
+    """configs/holdout3.yaml: a fifth set of unseen tasks, outside the family, none of them a task of any
+    other set, with seeds of its own."""
+    cfg = {k: v for k, v in HOLDOUT3.items() if k != "resume"}
+    cfg["suite"] = {k: v for k, v in cfg["suite"].items() if not v.get("requires_files")}  # no data root here
+    specs, suite = check_config(cfg, torch.device("cpu"))
+    assert len(HOLDOUT3["suite"]) >= 8 and len(suite) == len(cfg["suite"])
+    strip = lambda spec: {k: v for k, v in spec.items() if k != "steps"}  # noqa: E731
+    others = [*CONFIG["suite"].values(), *SELECTION["suite"].values(), *HOLDOUT["suite"].values(),
+              *HOLDOUT2["suite"].values()]
+    for label, spec in HOLDOUT3["suite"].items():
+        assert outside_family(spec), f"holdout3.{label} lies inside configs/family/general.yaml"
+        assert all(strip(spec) != strip(s) for s in others), f"holdout3.{label} is a task of another set"
+    used = (set(CONFIG["seeds"]) | set(SELECTION["seeds"]) | set(HOLDOUT["seeds"]) | set(HOLDOUT2["seeds"])
+            | set(HOLDOUT3["tuning"]["seeds"]))
+    assert len(HOLDOUT3["seeds"]) >= 5 and not set(HOLDOUT3["seeds"]) & used
