@@ -671,3 +671,61 @@ def test_hypergradient_config_round_trip_and_errors(tmp_path):
     smooth = make_learned_rule("celo", hypergradient=0.1, hypergradient_momentum=0.5, hypergradient_shrink=2.0)
     again = learned_opt.load(save_checkpoint(tmp_path / "smooth.pt", smooth, 0, {}))
     assert again.config() == smooth.config() and again.hypergradient_shrink == 2.0
+
+
+# --------------------------------------------------------------------------- snr_step
+
+def test_snr_step_multiplies_each_step_by_the_rms_of_adams_ratio():
+    """One update at step t = 4 from a crafted state: every MLP tensor's step is the plain rule's times
+    sqrt(mean(m_hat^2) / mean(v_hat)) with m_hat, v_hat Adam's bias-corrected m_0.9 and v_0.999 after this
+    update (numpy reference); the hypergradient's step size multiplies on top."""
+    import numpy as np
+    snr, plain = rule_(snr_step=True), rule_()
+    params, grads = tree(0), tree(1)
+    g0 = torch.Generator().manual_seed(5)
+    state = {**plain.init(params), "step": 4}
+    for key in state:
+        if key.startswith(("momentum_", "rms_")):
+            state[key] = {k: (torch.randn(v.shape, generator=g0, dtype=torch.float64) ** 2 if key.startswith("rms_")
+                              else torch.randn(v.shape, generator=g0, dtype=torch.float64)) for k, v in params.items()}
+    a, _ = plain.update(grads, state, params)
+    b, _ = snr.update(grads, state, params)
+    for k in params:
+        m = 0.9 * state["momentum_0.9"][k].numpy() + 0.1 * grads[k].numpy()
+        v = 0.999 * state["rms_0.999"][k].numpy() + 0.001 * grads[k].numpy() ** 2
+        factor = np.sqrt(np.mean(m ** 2) / (1 - 0.9 ** 5) ** 2 / (np.mean(v) / (1 - 0.999 ** 5)))
+        torch.testing.assert_close(params[k] - b[k], (params[k] - a[k]) * float(factor), rtol=1e-10, atol=1e-14)
+
+
+def test_snr_step_is_one_for_a_steady_gradient_and_small_for_noise_and_scale_free():
+    """A gradient that never changes gives m_hat = g and v_hat = g^2 (factor 1: the plain rule's step);
+    pure noise gives about sqrt((1 - 0.9) / (1 + 0.9)) = 0.23 once the EMAs have warmed up; both whatever
+    the gradient's scale."""
+    snr, plain = rule_(snr_step=True, magnitude=False), rule_(magnitude=False)
+    params = {"w": torch.ones(30, 40, dtype=torch.float64)}
+    steady = [{"w": torch.full((30, 40), 0.3, dtype=torch.float64) + 0.01 * torch.arange(1200.).view(30, 40)}] * 5
+    a, _ = run(snr, steady, params)
+    b, _ = run(plain, steady, params)
+    torch.testing.assert_close(a["w"], b["w"], rtol=1e-9, atol=1e-12)
+    gen = torch.Generator().manual_seed(1)
+    noise = [{"w": torch.randn(30, 40, generator=gen, dtype=torch.float64)} for _ in range(3000)]
+    for scale in (1.0, 1e4):
+        state = snr.init(params)
+        with torch.no_grad():
+            for g in noise[:-1]:
+                _, state = snr.update({"w": scale * g["w"]}, state, params)
+            new_snr, _ = snr.update({"w": scale * noise[-1]["w"]}, state, params)
+            plain_state = {**state}
+            new_plain, _ = plain.update({"w": scale * noise[-1]["w"]}, plain_state, params)
+        factor = float((params["w"] - new_snr["w"]).norm() / (params["w"] - new_plain["w"]).norm())
+        assert factor == pytest.approx(math.sqrt(0.1 / 1.9), rel=0.15), (scale, factor)
+
+
+def test_snr_step_config_round_trip_and_errors(tmp_path):
+    rule = make_learned_rule("celo", snr_step=True, hypergradient=0.1)
+    back = learned_opt.load(save_checkpoint(tmp_path / "snr.pt", rule, 0, {}))
+    assert back.config() == rule.config() and back.snr_step is True
+    with pytest.raises(ValueError, match="snr_step"):
+        NormalizedMLPOptimizer(snr_step=True, decays=(0.5, 0.99))
+    with pytest.raises(ValueError, match="snr_step"):
+        NormalizedMLPOptimizer(snr_step="yes")

@@ -73,6 +73,13 @@ it is biased downwards: the last step moved along noise that the curvature now p
 ``exp(-R)`` times the learned one can stall training. ``F`` bounds that drift (``None``, the default:
 ``F = -R``, the rule above).
 
+``snr_step=True``: each MLP tensor's step (after the magnitude, before the hypergradient step size) is
+multiplied by ``sqrt(mean_over_tensor(m_hat^2) / mean_over_tensor(v_hat))``, with ``m_hat``, ``v_hat``
+Adam's bias-corrected ``momentum_0.9`` and ``rms_0.999``: the RMS of Adam's ``m / sqrt(v)``, about 1
+while the gradient keeps its direction and about ``sqrt((1 - 0.9) / (1 + 0.9)) = 0.23`` when it is pure
+noise. The normalised output otherwise takes the same step RMS in noisy and in steady phases, where
+Adam's steps shrink with the signal-to-noise ratio; this puts that back, still free of the gradient's scale.
+
 ``bias_rule="adam"``: tensors with at most one dim (biases, gains, scalars) skip the MLP and
 take a plain Adam step (betas 0.9 / 0.999, eps 1e-8, with bias correction, from the
 ``momentum_0.9`` and ``rms_0.999`` buffers), times ``step_mult * lr * exp(log_bias_scale)``
@@ -215,6 +222,8 @@ class NormalizedMLPOptimizer(LearnedRule):
             1 (the default): the log step size rises and falls alike.
         hypergradient_floor: ``F`` in ``[-R, 0]``: the adapted log step size stays in ``[F, R]`` (module
             docstring); ``None`` (the default): ``F = -R``.
+        snr_step: multiply each MLP tensor's step by the RMS of Adam's ``m_hat / sqrt(v_hat)`` over the
+            tensor (module docstring); needs 0.9 in ``decays`` and 0.999 in ``rms_decays``.
 
     Meta-parameters: ``layers`` (``nn.Linear``s, torch's default initialisation from torch's global
     RNG, last layer scaled by 0.01), ``skip`` (the linear direction term) and, with
@@ -234,7 +243,7 @@ class NormalizedMLPOptimizer(LearnedRule):
                  weight_decay: float = 0.0, bias_rule: str = "mlp", relative_step: bool = False,
                  orthogonalize: bool = False, hypergradient: float = 0.0, hypergradient_range: float = 3.0,
                  hypergradient_momentum: float = 0.0, hypergradient_shrink: float = 1.0,
-                 hypergradient_floor: float | None = None):
+                 hypergradient_floor: float | None = None, snr_step: bool = False):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
         for i, h in enumerate(hidden_sizes):
@@ -269,7 +278,8 @@ class NormalizedMLPOptimizer(LearnedRule):
             magnitude_log_range = float(magnitude_log_range)
         self.magnitude_log_range = magnitude_log_range
         for field, flag in (("magnitude", magnitude), ("learn_scale", learn_scale), ("output_norm", output_norm),
-                            ("relative_step", relative_step), ("orthogonalize", orthogonalize)):
+                            ("relative_step", relative_step), ("orthogonalize", orthogonalize),
+                            ("snr_step", snr_step)):
             boolean(field, flag)
         check_choice("bias_rule", bias_rule, BIAS_RULES)
         if bias_rule == "adam" and (ADAM_BETAS[0] not in self.decays or ADAM_BETAS[1] not in self.rms_decays):
@@ -280,6 +290,10 @@ class NormalizedMLPOptimizer(LearnedRule):
         self.step_mult, self.lr, self.weight_decay = float(step_mult), float(lr), float(weight_decay)
         self.magnitude, self.learn_scale, self.bias_rule = magnitude, learn_scale, bias_rule
         self.output_norm, self.relative_step, self.orthogonalize = output_norm, relative_step, orthogonalize
+        if snr_step and (ADAM_BETAS[0] not in self.decays or ADAM_BETAS[1] not in self.rms_decays):
+            raise ValueError(f"snr_step uses the momentum_0.9 and rms_0.999 buffers: decays={self.decays} "
+                             f"must contain 0.9 and rms_decays={self.rms_decays} must contain 0.999")
+        self.snr_step = snr_step
 
         k, r = len(self.decays), len(self.rms_decays)
         self.num_features = 2 + k + r * (1 + k)
@@ -315,7 +329,7 @@ class NormalizedMLPOptimizer(LearnedRule):
                 "relative_step": self.relative_step, "orthogonalize": self.orthogonalize,
                 "hypergradient": self.hypergradient, "hypergradient_range": self.hypergradient_range,
                 "hypergradient_momentum": self.hypergradient_momentum, "hypergradient_shrink": self.hypergradient_shrink,
-                "hypergradient_floor": self.hypergradient_floor}
+                "hypergradient_floor": self.hypergradient_floor, "snr_step": self.snr_step}
 
     @property
     def hyper_keys(self) -> tuple[str, ...]:
@@ -449,6 +463,15 @@ class NormalizedMLPOptimizer(LearnedRule):
                 else:
                     delattr(self, k)
 
+    def _snr(self, k: str, new_state: State, t: int, dims: tuple[int, ...]) -> Tensor:
+        """``snr_step``'s factor for tensor ``k`` after ``t`` updates: the RMS of Adam's bias-corrected
+        ``m_0.9 / sqrt(v_0.999)`` over the tensor, computed as ``sqrt(mean(m_hat^2) / mean(v_hat))``."""
+        b1, b2 = ADAM_BETAS
+        m, v = new_state[_momentum_key(b1)][k], new_state[_rms_key(b2)][k]
+        mean = (lambda x: x.mean(dim=dims, keepdim=True)) if dims else (lambda x: x)
+        ratio = mean(m * m) / (1 - b1 ** t) ** 2 / (mean(v) / (1 - b2 ** t) + EPS)
+        return torch.sqrt(ratio)
+
     def _adapt(self, k: str, u: Tensor, g: Tensor, dims: tuple[int, ...], state: State, new_state: State) -> Tensor:
         """The hypergradient step size of tensor ``k``: updates ``new_state``'s ``log_step`` and ``last_dir``
         and returns ``u * exp(l)`` (module docstring)."""
@@ -511,6 +534,8 @@ class NormalizedMLPOptimizer(LearnedRule):
                     mean_mag = mag.mean(dim=dims, keepdim=True) if dims else mag
                     u = u * (2 * torch.sigmoid(mean_mag) if self.magnitude_log_range is None
                              else torch.exp(self.magnitude_log_range * torch.tanh(mean_mag)))
+                if self.snr_step:
+                    u = u * self._snr(k, new_state, step + 1, dims).to(u.dtype)
                 if self.hypergradient > 0:
                     u = self._adapt(k, u, grads[k].to(u.dtype), dims, state, new_state)
                 if self.relative_step:  # times the tensor's own RMS: the step follows a rescaling of w
