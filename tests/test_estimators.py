@@ -167,7 +167,9 @@ CELO_VARIANTS = {"celo": {}, "celo_adam_orth": {"bias_rule": "adam", "orthogonal
                  "celo_fixed_scale": {"learn_scale": False, "bias_rule": "adam", "magnitude": False},
                  "celo_hypergradient": {"hypergradient": 0.2, "bias_rule": "adam"},
                  "celo_hypergradient_smooth": {"hypergradient": 0.2, "hypergradient_momentum": 0.6,
-                                               "hypergradient_shrink": 2.0}}
+                                               "hypergradient_shrink": 2.0},
+                 "celo_floor_snr": {"hypergradient": 0.2, "hypergradient_shrink": 2.0, "hypergradient_floor": -0.5,
+                                    "snr_step": True}}
 
 
 @pytest.mark.parametrize("name", ["lstm", "mlp", "learned_adam", *CELO_VARIANTS])

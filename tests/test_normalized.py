@@ -221,11 +221,13 @@ def test_horizon_features_and_state():
 
 
 HD_SMOOTH = {"hypergradient_momentum": 0.6, "hypergradient_shrink": 2.5}   # both hypergradient options on
+HD_FLOOR_SNR = {"hypergradient_shrink": 2.0, "hypergradient_floor": -0.5, "snr_step": True}   # the later options
 
 
 @pytest.mark.parametrize("bias_rule, orth, hd, extra", [("mlp", False, 0.0, {}), ("adam", False, 0.0, {}),
                                                         ("adam", True, 0.0, {}), ("mlp", False, 0.3, {}),
-                                                        ("adam", False, 0.3, {}), ("mlp", False, 0.3, HD_SMOOTH)])
+                                                        ("adam", False, 0.3, {}), ("mlp", False, 0.3, HD_SMOOTH),
+                                                        ("adam", False, 0.3, HD_FLOOR_SNR)])
 def test_population_dim_equals_independent_problems(bias_rule, orth, hd, extra):
     rule = rule_(bias_rule=bias_rule, step_mult=0.1, orthogonalize=orth, hypergradient=hd, **extra)
     members = [tree(0), tree(1)]
@@ -255,7 +257,7 @@ class _UpdateCall(nn.Module):
 
 @pytest.mark.parametrize("bias_rule, horizon, orth, hd, extra", [
     ("mlp", None, False, 0.0, {}), ("adam", 50, False, 0.0, {}), ("mlp", 50, True, 0.0, {}),
-    ("mlp", 50, False, 0.2, {}), ("mlp", 50, False, 0.2, HD_SMOOTH)])
+    ("mlp", 50, False, 0.2, {}), ("mlp", 50, False, 0.2, HD_SMOOTH), ("mlp", 50, False, 0.2, HD_FLOOR_SNR)])
 def test_vmap_over_perturbed_meta_parameters_equals_separate_updates(bias_rule, horizon, orth, hd, extra):
     """What an ES/PES estimator does: ``vmap`` of ``functional_call`` over stacked meta-parameter
     sets, with shared inner params (in_dims None) and with one inner trajectory per set (in_dims 0)."""
