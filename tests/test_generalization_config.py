@@ -109,64 +109,26 @@ def test_selection_config_validates_and_is_disjoint_from_the_suite():
     assert not set(SELECTION["seeds"]) & (set(CONFIG["seeds"]) | set(SELECTION["tuning"]["seeds"]))
 
 
-# --------------------------------------------------------------------------- the hold-out set
+# --------------------------------------------------------------------------- the hold-out sets
 
-HOLDOUT = composed_config("holdout", resolve=True)
+HOLDOUTS = {name: composed_config(name, resolve=True) for name in ("holdout", "holdout2", "holdout3")}
 
 
-def test_holdout_config_validates_and_is_disjoint_from_the_suite_and_the_selection_set():
-    """configs/holdout.yaml: a third set of unseen tasks, outside the family, none of them a suite or a
-    selection task, with seeds of its own."""
-    cfg = {k: v for k, v in HOLDOUT.items() if k != "resume"}
+@pytest.mark.parametrize("index", range(len(HOLDOUTS)))
+def test_holdout_config_validates_and_is_disjoint_from_every_earlier_set(index):
+    """configs/holdout*.yaml: sets of unseen tasks written one after another, each outside the family, none
+    of its tasks one of the suite, the selection set or an earlier hold-out set, with seeds of its own."""
+    name, holdout = list(HOLDOUTS.items())[index]
+    earlier = [CONFIG, SELECTION, *list(HOLDOUTS.values())[:index]]
+    cfg = {k: v for k, v in holdout.items() if k != "resume"}
     cfg["suite"] = {k: v for k, v in cfg["suite"].items() if not v.get("requires_files")}  # no data root here
     specs, suite = check_config(cfg, torch.device("cpu"))
-    assert len(HOLDOUT["suite"]) >= 8 and len(suite) == len(cfg["suite"])
+    assert len(holdout["suite"]) >= 8 and len(suite) == len(cfg["suite"])
     assert {"adam", "celo_backoff", "celo_hd"} <= {s.label for s in specs}
     strip = lambda spec: {k: v for k, v in spec.items() if k != "steps"}  # noqa: E731
-    others = [*CONFIG["suite"].values(), *SELECTION["suite"].values()]
-    for label, spec in HOLDOUT["suite"].items():
-        assert outside_family(spec), f"holdout.{label} lies inside configs/family/general.yaml"
-        assert all(strip(spec) != strip(s) for s in others), f"holdout.{label} is a suite or selection task"
-    used = set(CONFIG["seeds"]) | set(SELECTION["seeds"]) | set(HOLDOUT["tuning"]["seeds"])
-    assert len(HOLDOUT["seeds"]) >= 5 and not set(HOLDOUT["seeds"]) & used
-
-
-HOLDOUT2 = composed_config("holdout2", resolve=True)
-
-
-def test_second_holdout_config_validates_and_is_disjoint_from_every_other_set():
-    """configs/holdout2.yaml: a fourth set of unseen tasks, outside the family, none of them a task of the
-    suite, the selection set or the first hold-out set, with seeds of its own."""
-    cfg = {k: v for k, v in HOLDOUT2.items() if k != "resume"}
-    cfg["suite"] = {k: v for k, v in cfg["suite"].items() if not v.get("requires_files")}  # no data root here
-    specs, suite = check_config(cfg, torch.device("cpu"))
-    assert len(HOLDOUT2["suite"]) >= 8 and len(suite) == len(cfg["suite"])
-    assert {"adam", "celo_backoff", "celo_hd"} <= {s.label for s in specs}
-    strip = lambda spec: {k: v for k, v in spec.items() if k != "steps"}  # noqa: E731
-    others = [*CONFIG["suite"].values(), *SELECTION["suite"].values(), *HOLDOUT["suite"].values()]
-    for label, spec in HOLDOUT2["suite"].items():
-        assert outside_family(spec), f"holdout2.{label} lies inside configs/family/general.yaml"
-        assert all(strip(spec) != strip(s) for s in others), f"holdout2.{label} is a task of another set"
-    used = set(CONFIG["seeds"]) | set(SELECTION["seeds"]) | set(HOLDOUT["seeds"]) | set(HOLDOUT2["tuning"]["seeds"])
-    assert len(HOLDOUT2["seeds"]) >= 5 and not set(HOLDOUT2["seeds"]) & used
-
-
-HOLDOUT3 = composed_config("holdout3", resolve=True)
-
-
-def test_third_holdout_config_validates_and_is_disjoint_from_every_other_set():
-    """configs/holdout3.yaml: a fifth set of unseen tasks, outside the family, none of them a task of any
-    other set, with seeds of its own."""
-    cfg = {k: v for k, v in HOLDOUT3.items() if k != "resume"}
-    cfg["suite"] = {k: v for k, v in cfg["suite"].items() if not v.get("requires_files")}  # no data root here
-    specs, suite = check_config(cfg, torch.device("cpu"))
-    assert len(HOLDOUT3["suite"]) >= 8 and len(suite) == len(cfg["suite"])
-    strip = lambda spec: {k: v for k, v in spec.items() if k != "steps"}  # noqa: E731
-    others = [*CONFIG["suite"].values(), *SELECTION["suite"].values(), *HOLDOUT["suite"].values(),
-              *HOLDOUT2["suite"].values()]
-    for label, spec in HOLDOUT3["suite"].items():
-        assert outside_family(spec), f"holdout3.{label} lies inside configs/family/general.yaml"
-        assert all(strip(spec) != strip(s) for s in others), f"holdout3.{label} is a task of another set"
-    used = (set(CONFIG["seeds"]) | set(SELECTION["seeds"]) | set(HOLDOUT["seeds"]) | set(HOLDOUT2["seeds"])
-            | set(HOLDOUT3["tuning"]["seeds"]))
-    assert len(HOLDOUT3["seeds"]) >= 5 and not set(HOLDOUT3["seeds"]) & used
+    others = [spec for other in earlier for spec in other["suite"].values()]
+    for label, spec in holdout["suite"].items():
+        assert outside_family(spec), f"{name}.{label} lies inside configs/family/general.yaml"
+        assert all(strip(spec) != strip(s) for s in others), f"{name}.{label} is a task of an earlier set"
+    used = {seed for other in earlier for seed in other["seeds"]} | set(holdout["tuning"]["seeds"])
+    assert len(holdout["seeds"]) >= 5 and not set(holdout["seeds"]) & used
