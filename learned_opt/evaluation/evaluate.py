@@ -238,8 +238,7 @@ def summarise(cells: dict, cols: list, suite: dict, cfg: dict) -> dict:
                            "diverged": sum(c.diverged for c in cs), "hparams": cs[0].hparams or {}}
         ranking = sorted(rows, key=lambda e: (rows[e]["stats"]["auc"]["median"], e))
         out["tasks"][task] = {"target_loss": target, "reference_auc": ref_auc, "rows": rows, "ranking": ranking}
-    medians = {t: {e: r["stats"]["auc"]["median"] for e, r in res["rows"].items()} for t, res in out["tasks"].items()}
-    diverged = {t: {e: r["diverged"] for e, r in res["rows"].items()} for t, res in out["tasks"].items()}
+    medians, diverged = M.task_medians(out["tasks"])
     out["across_tasks"] = M.across_tasks(medians, diverged, REFERENCE, BASELINE)
     return out
 
@@ -274,10 +273,7 @@ def summary_markdown(summary: dict, suite: dict, cols: list, tuned: dict, cfg: d
         order = sorted(acr, key=lambda e: (acr[e]["geomean_vs_reference"], e))
         lines.append(markdown_table(
             ["optimizer", f"geo. mean score vs {REFERENCE}", "worst task", f"geo. mean vs {BASELINE}", "diverged"],
-            [[e, f"{acr[e]['geomean_vs_reference']:.3g}",
-              f"{acr[e]['worst_task']} ({acr[e]['worst_vs_reference']:.3g})",
-              f"{acr[e]['geomean_vs_baseline']:.3g}" if "geomean_vs_baseline" in acr[e] else "-",
-              acr[e]["diverged"]] for e in order]))
+            [[e, *M.across_cells(acr[e]), acr[e]["diverged"]] for e in order]))
     lines.append("### Ranking by mean training loss (1 = best)\n")
     names = [e for e, _, _ in cols]
     rank_rows = []

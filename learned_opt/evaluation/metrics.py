@@ -106,6 +106,21 @@ def across_tasks(auc: dict[str, dict[str, float]], diverged: dict[str, dict[str,
     return out
 
 
+def task_medians(tasks: dict[str, dict]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
+    """``(auc, diverged)`` for :func:`across_tasks` from an evaluation summary's ``tasks`` (each with
+    ``rows[optimizer]["stats"]["auc"]["median"]`` and ``rows[optimizer]["diverged"]``)."""
+    auc = {t: {e: float(r["stats"]["auc"]["median"]) for e, r in res["rows"].items()} for t, res in tasks.items()}
+    diverged = {t: {e: int(r["diverged"]) for e, r in res["rows"].items()} for t, res in tasks.items()}
+    return auc, diverged
+
+
+def across_cells(line: dict) -> list[str]:
+    """The geometric mean, worst task and geometric mean against the baseline of one :func:`across_tasks`
+    line, formatted for a table."""
+    return [f"{line['geomean_vs_reference']:.3g}", f"{line['worst_task']} ({line['worst_vs_reference']:.3g})",
+            f"{line['geomean_vs_baseline']:.3g}" if "geomean_vs_baseline" in line else "-"]
+
+
 def median_iqr(values: Sequence[float]) -> tuple[float, float, float]:
     """(median, 25th percentile, 75th percentile); infinities (diverged seeds) take part as large values."""
     v = np.asarray(values, dtype=float)

@@ -18,11 +18,11 @@ from typing import Sequence
 
 from ..utils import atomic_write_text
 from . import metrics as M
+from .evaluate import BASELINE, REFERENCE
 from .report import markdown_table
 
 __all__ = ["load_medians", "pool", "pooled_markdown"]
 
-REFERENCE, BASELINE = "adam@tuned", "adam@default"
 
 
 def load_medians(run_dir: str | Path) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
@@ -32,12 +32,9 @@ def load_medians(run_dir: str | Path) -> tuple[dict[str, dict[str, float]], dict
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: pool needs finished evaluations (experiments/evaluate.py run dirs)")
     try:
-        tasks = json.loads(path.read_text())["summary"]["tasks"]
-        auc = {t: {e: float(r["stats"]["auc"]["median"]) for e, r in res["rows"].items()} for t, res in tasks.items()}
-        diverged = {t: {e: int(r["diverged"]) for e, r in res["rows"].items()} for t, res in tasks.items()}
-    except (KeyError, TypeError, ValueError) as e:
+        return M.task_medians(json.loads(path.read_text())["summary"]["tasks"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"{path} is not an evaluation summary ({type(e).__name__}: {e})") from e
-    return auc, diverged
 
 
 def pool(runs: Sequence[tuple[str, str | Path]], threshold: float = 1.2) -> dict:
@@ -82,9 +79,8 @@ def pooled_markdown(pooled: dict) -> str:
     lines.append(markdown_table(
         ["optimizer", f"geo. mean score vs {REFERENCE}", "worst task", f"geo. mean vs {BASELINE}",
          "tasks < 1", f"tasks > {thr:g}", "diverged"],
-        [[e, f"{acr[e]['geomean_vs_reference']:.3g}", f"{acr[e]['worst_task']} ({acr[e]['worst_vs_reference']:.3g})",
-          f"{acr[e]['geomean_vs_baseline']:.3g}" if "geomean_vs_baseline" in acr[e] else "-",
-          f"{acr[e]['wins']} of {acr[e]['tasks']}", acr[e]["above_threshold"], acr[e]["diverged"]] for e in order]))
+        [[e, *M.across_cells(acr[e]), f"{acr[e]['wins']} of {acr[e]['tasks']}", acr[e]["above_threshold"],
+          acr[e]["diverged"]] for e in order]))
     return "\n".join(lines)
 
 
