@@ -282,17 +282,16 @@ class NormalizedMLPOptimizer(LearnedRule):
                             ("snr_step", snr_step)):
             boolean(field, flag)
         check_choice("bias_rule", bias_rule, BIAS_RULES)
-        if bias_rule == "adam" and (ADAM_BETAS[0] not in self.decays or ADAM_BETAS[1] not in self.rms_decays):
-            raise ValueError(f"bias_rule='adam' uses the momentum_0.9 and rms_0.999 buffers: decays={self.decays} "
-                             f"must contain 0.9 and rms_decays={self.rms_decays} must contain 0.999")
+        adam_buffer_users = [name for name, on in (("bias_rule='adam'", bias_rule == "adam"), ("snr_step", snr_step)) if on]
+        if adam_buffer_users and (ADAM_BETAS[0] not in self.decays or ADAM_BETAS[1] not in self.rms_decays):
+            verb = "uses" if len(adam_buffer_users) == 1 else "use"
+            raise ValueError(f"{' and '.join(adam_buffer_users)} {verb} the momentum_0.9 and rms_0.999 buffers: "
+                             f"decays={self.decays} must contain 0.9 and rms_decays={self.rms_decays} must contain 0.999")
         self.hidden_sizes = [int(h) for h in hidden_sizes]
         self.step_timescales = [float(s) for s in step_timescales]
         self.step_mult, self.lr, self.weight_decay = float(step_mult), float(lr), float(weight_decay)
         self.magnitude, self.learn_scale, self.bias_rule = magnitude, learn_scale, bias_rule
         self.output_norm, self.relative_step, self.orthogonalize = output_norm, relative_step, orthogonalize
-        if snr_step and (ADAM_BETAS[0] not in self.decays or ADAM_BETAS[1] not in self.rms_decays):
-            raise ValueError(f"snr_step uses the momentum_0.9 and rms_0.999 buffers: decays={self.decays} "
-                             f"must contain 0.9 and rms_decays={self.rms_decays} must contain 0.999")
         self.snr_step = snr_step
 
         k, r = len(self.decays), len(self.rms_decays)
