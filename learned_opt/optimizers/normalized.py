@@ -80,6 +80,24 @@ while the gradient keeps its direction and about ``sqrt((1 - 0.9) / (1 + 0.9)) =
 noise. The normalised output otherwise takes the same step RMS in noisy and in steady phases, where
 Adam's steps shrink with the signal-to-noise ratio; this puts that back, still free of the gradient's scale.
 
+``radial_gain=beta > 0``: each MLP tensor's step is split into its part along the tensor itself
+(radial, ``c * w_hat`` with ``w_hat = w / |w|`` and ``c = <u, w_hat>``: a change of the tensor's norm) and
+the rest, and the radial part is multiplied by ``rho = exp(r)``, ``r`` in ``[-radial_range, 0]``,
+adapted online by the sign of its own hypergradient (after the snr factor, before the step size)::
+
+    z  = <g, w_hat> * sqrt(n) / (|g| + eps)          (cosine of the fresh gradient and w, times sqrt(n))
+    r <- clamp(r + beta * k * tanh(z) * sign(c_last), -radial_range, 0)     (k = hypergradient_shrink
+                                                                              where that product is < 0, else 1)
+    u <- u + (rho - 1) * c * w_hat
+
+``c_last`` is the radial coefficient of the last step (``new = w - step``: ``c < 0`` grows the tensor). A
+rule meta-trained on short classification runs learns to grow every tensor (measured: ``cos(u, w)``
+about -0.2 to -0.4 per tensor, where Adam's step has about 0): that lowers a cross-entropy loss quickly,
+by sharpening the logits, and saturates units on a regression. Where the fresh gradient opposes the
+last radial move, ``rho`` falls towards ``exp(-radial_range)``, where it agrees it stays at 1 (the
+meta-trained rule). ``beta`` is a constant, not a meta-parameter. State: ``log_radial`` and
+``last_radial`` (per tensor, full shape, ``r`` and ``c`` repeated; tensors with no dims are left alone).
+
 ``bias_rule="adam"``: tensors with at most one dim (biases, gains, scalars) skip the MLP and
 take a plain Adam step (betas 0.9 / 0.999, eps 1e-8, with bias correction, from the
 ``momentum_0.9`` and ``rms_0.999`` buffers), times ``step_mult * lr * exp(log_bias_scale)``
@@ -100,6 +118,8 @@ State (the :mod:`baselines.base` convention)::
      "log_step": {name: Tensor(param.shape)},              # only with hypergradient > 0 (MLP tensors)
      "last_dir": {name: Tensor(param.shape)},              #   the same
      "hyper_velocity": {name: Tensor(param.shape)},        # only with hypergradient_momentum > 0 as well
+     "log_radial": {name: Tensor(param.shape)},            # only with radial_gain > 0 (MLP tensors)
+     "last_radial": {name: Tensor(param.shape)},           #   the same
      "horizon": int}                                      # only when init was given a horizon
 
 Sign convention as in :mod:`.mlp`: ``new = w - step``, a positive direction moves against the
@@ -145,6 +165,7 @@ EPS = 1e-20                 # in every normalisation: RMS values down to ~1e-10 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8   # the bias path's Adam
 INIT_OUT_SCALE = 0.01       # the MLP's last layer starts this much smaller than torch's default
 HYPER_KEYS = ("log_step", "last_dir")   # the hypergradient's state entries
+RADIAL_KEYS = ("log_radial", "last_radial")   # radial_gain's state entries
 VELOCITY_KEY = "hyper_velocity"         # and with hypergradient_momentum > 0, its smoothed signal
 RELATIVE_FLOOR = 1e-6       # relative_step: the RMS used is sqrt(mean(w^2) + floor^2) (finite gradients at 0)
 NUM_TIME_HORIZON = 2        # fraction-of-horizon features: [min(t / H, 1), 1] (zeros without H)
@@ -224,6 +245,9 @@ class NormalizedMLPOptimizer(LearnedRule):
             docstring); ``None`` (the default): ``F = -R``.
         snr_step: multiply each MLP tensor's step by the RMS of Adam's ``m_hat / sqrt(v_hat)`` over the
             tensor (module docstring); needs 0.9 in ``decays`` and 0.999 in ``rms_decays``.
+        radial_gain: ``beta >= 0``: adapt the part of each MLP tensor's step along the tensor itself
+            online (module docstring); 0 (the default): off, no extra state.
+        radial_range: ``R > 0``: that part's log multiplier stays in ``[-R, 0]``.
 
     Meta-parameters: ``layers`` (``nn.Linear``s, torch's default initialisation from torch's global
     RNG, last layer scaled by 0.01), ``skip`` (the linear direction term) and, with
@@ -243,7 +267,8 @@ class NormalizedMLPOptimizer(LearnedRule):
                  weight_decay: float = 0.0, bias_rule: str = "mlp", relative_step: bool = False,
                  orthogonalize: bool = False, hypergradient: float = 0.0, hypergradient_range: float = 3.0,
                  hypergradient_momentum: float = 0.0, hypergradient_shrink: float = 1.0,
-                 hypergradient_floor: float | None = None, snr_step: bool = False):
+                 hypergradient_floor: float | None = None, snr_step: bool = False,
+                 radial_gain: float = 0.0, radial_range: float = 4.0):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
         for i, h in enumerate(hidden_sizes):
@@ -273,6 +298,9 @@ class NormalizedMLPOptimizer(LearnedRule):
                                  "it needs hypergradient > 0")
             hypergradient_floor = float(hypergradient_floor)
         self.hypergradient_floor = hypergradient_floor
+        check_range("radial_gain", radial_gain, 0.0)
+        check_range("radial_range", radial_range, 0.0, low_inclusive=False)
+        self.radial_gain, self.radial_range = float(radial_gain), float(radial_range)
         if magnitude_log_range is not None:
             check_range("magnitude_log_range", magnitude_log_range, 0.0, low_inclusive=False)
             magnitude_log_range = float(magnitude_log_range)
@@ -328,7 +356,8 @@ class NormalizedMLPOptimizer(LearnedRule):
                 "relative_step": self.relative_step, "orthogonalize": self.orthogonalize,
                 "hypergradient": self.hypergradient, "hypergradient_range": self.hypergradient_range,
                 "hypergradient_momentum": self.hypergradient_momentum, "hypergradient_shrink": self.hypergradient_shrink,
-                "hypergradient_floor": self.hypergradient_floor, "snr_step": self.snr_step}
+                "hypergradient_floor": self.hypergradient_floor, "snr_step": self.snr_step,
+                "radial_gain": self.radial_gain, "radial_range": self.radial_range}
 
     @property
     def hyper_keys(self) -> tuple[str, ...]:
@@ -436,6 +465,9 @@ class NormalizedMLPOptimizer(LearnedRule):
         if self.hypergradient > 0:
             for key in self.hyper_keys:
                 state[key] = {k: torch.zeros_like(p) for k, p in params.items() if not self._is_small(p)}
+        if self.radial_gain > 0:
+            for key in RADIAL_KEYS:
+                state[key] = {k: torch.zeros_like(p) for k, p in params.items() if not self._is_small(p)}
         if horizon is not None:
             check_int("horizon", horizon, 1)
             state["horizon"] = horizon
@@ -471,6 +503,26 @@ class NormalizedMLPOptimizer(LearnedRule):
         ratio = mean(m * m) / (1 - b1 ** t) ** 2 / (mean(v) / (1 - b2 ** t) + EPS)
         return torch.sqrt(ratio)
 
+    def _radial(self, k: str, u: Tensor, g: Tensor, w: Tensor, dims: tuple[int, ...], state: State,
+                new_state: State) -> Tensor:
+        """``radial_gain``: tensor ``k``'s step with its part along ``w`` scaled by the adapted ``exp(r)``;
+        updates ``new_state``'s ``log_radial`` and ``last_radial`` (module docstring)."""
+        log_radial, last = state["log_radial"][k].to(u.dtype), state["last_radial"][k].to(u.dtype)
+        if not dims:   # a tensor without dims has no direction to split off
+            new_state["log_radial"][k], new_state["last_radial"][k] = log_radial, last
+            return u
+        total = lambda x: x.sum(dim=dims, keepdim=True)  # noqa: E731
+        n = math.prod(u.shape[d] for d in dims)
+        w_hat = w * torch.rsqrt(total(w * w) + EPS)
+        z = total(g * w_hat) * math.sqrt(n) * torch.rsqrt(total(g * g) + EPS)
+        signal = torch.tanh(z) * torch.sign(last)
+        if self.hypergradient_shrink != 1:
+            signal = torch.where(signal < 0, self.hypergradient_shrink * signal, signal)
+        log_radial = torch.clamp(log_radial + self.radial_gain * signal, -self.radial_range, 0.0)
+        c = total(u * w_hat)
+        new_state["log_radial"][k], new_state["last_radial"][k] = log_radial, c.expand_as(u)
+        return u + (torch.exp(log_radial) - 1) * c * w_hat
+
     def _adapt(self, k: str, u: Tensor, g: Tensor, dims: tuple[int, ...], state: State, new_state: State) -> Tensor:
         """The hypergradient step size of tensor ``k``: updates ``new_state``'s ``log_step`` and ``last_dir``
         and returns ``u * exp(l)`` (module docstring)."""
@@ -501,6 +553,8 @@ class NormalizedMLPOptimizer(LearnedRule):
             new_state[key] = {k: b * v + (1 - b) * grads[k] * grads[k] for k, v in state[key].items()}
         if self.hypergradient > 0:
             new_state.update({key: {} for key in self.hyper_keys})   # filled per MLP tensor by _adapt
+        if self.radial_gain > 0:
+            new_state.update({key: {} for key in RADIAL_KEYS})       # filled per MLP tensor by _radial
         if horizon is not None:
             new_state["horizon"] = horizon
         if not names:
@@ -535,6 +589,8 @@ class NormalizedMLPOptimizer(LearnedRule):
                              else torch.exp(self.magnitude_log_range * torch.tanh(mean_mag)))
                 if self.snr_step:
                     u = u * self._snr(k, new_state, step + 1, dims).to(u.dtype)
+                if self.radial_gain > 0:
+                    u = self._radial(k, u, grads[k].to(u.dtype), params[k].to(u.dtype), dims, state, new_state)
                 if self.hypergradient > 0:
                     u = self._adapt(k, u, grads[k].to(u.dtype), dims, state, new_state)
                 if self.relative_step:  # times the tensor's own RMS: the step follows a rescaling of w
