@@ -111,7 +111,7 @@ def test_selection_config_validates_and_is_disjoint_from_the_suite():
 
 # --------------------------------------------------------------------------- the hold-out sets
 
-HOLDOUTS = {name: composed_config(name, resolve=True) for name in ("holdout", "holdout2", "holdout3", "holdout4")}
+HOLDOUTS = {name: composed_config(name, resolve=True) for name in ("holdout", "holdout2", "holdout3", "holdout4", "holdout5")}
 
 
 @pytest.mark.parametrize("index", range(len(HOLDOUTS)))
