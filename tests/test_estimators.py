@@ -169,7 +169,8 @@ CELO_VARIANTS = {"celo": {}, "celo_adam_orth": {"bias_rule": "adam", "orthogonal
                  "celo_hypergradient_smooth": {"hypergradient": 0.2, "hypergradient_momentum": 0.6,
                                                "hypergradient_shrink": 2.0},
                  "celo_floor_snr": {"hypergradient": 0.2, "hypergradient_shrink": 2.0, "hypergradient_floor": -0.5,
-                                    "snr_step": True}}
+                                    "snr_step": True},
+                 "celo_radial": {"hypergradient": 0.2, "radial_gain": 0.3, "hypergradient_shrink": 2.0}}
 
 
 @pytest.mark.parametrize("name", ["lstm", "mlp", "learned_adam", *CELO_VARIANTS])

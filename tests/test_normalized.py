@@ -222,12 +222,14 @@ def test_horizon_features_and_state():
 
 HD_SMOOTH = {"hypergradient_momentum": 0.6, "hypergradient_shrink": 2.5}   # both hypergradient options on
 HD_FLOOR_SNR = {"hypergradient_shrink": 2.0, "hypergradient_floor": -0.5, "snr_step": True}   # the later options
+RADIAL = {"hypergradient_shrink": 2.0, "radial_gain": 0.3}   # the radial part's own step size
 
 
 @pytest.mark.parametrize("bias_rule, orth, hd, extra", [("mlp", False, 0.0, {}), ("adam", False, 0.0, {}),
                                                         ("adam", True, 0.0, {}), ("mlp", False, 0.3, {}),
                                                         ("adam", False, 0.3, {}), ("mlp", False, 0.3, HD_SMOOTH),
-                                                        ("adam", False, 0.3, HD_FLOOR_SNR)])
+                                                        ("adam", False, 0.3, HD_FLOOR_SNR),
+                                                        ("mlp", False, 0.3, RADIAL), ("adam", False, 0.0, RADIAL)])
 def test_population_dim_equals_independent_problems(bias_rule, orth, hd, extra):
     rule = rule_(bias_rule=bias_rule, step_mult=0.1, orthogonalize=orth, hypergradient=hd, **extra)
     members = [tree(0), tree(1)]
@@ -257,7 +259,8 @@ class _UpdateCall(nn.Module):
 
 @pytest.mark.parametrize("bias_rule, horizon, orth, hd, extra", [
     ("mlp", None, False, 0.0, {}), ("adam", 50, False, 0.0, {}), ("mlp", 50, True, 0.0, {}),
-    ("mlp", 50, False, 0.2, {}), ("mlp", 50, False, 0.2, HD_SMOOTH), ("mlp", 50, False, 0.2, HD_FLOOR_SNR)])
+    ("mlp", 50, False, 0.2, {}), ("mlp", 50, False, 0.2, HD_SMOOTH), ("mlp", 50, False, 0.2, HD_FLOOR_SNR),
+    ("mlp", 50, False, 0.2, RADIAL)])
 def test_vmap_over_perturbed_meta_parameters_equals_separate_updates(bias_rule, horizon, orth, hd, extra):
     """What an ES/PES estimator does: ``vmap`` of ``functional_call`` over stacked meta-parameter
     sets, with shared inner params (in_dims None) and with one inner trajectory per set (in_dims 0)."""
@@ -731,3 +734,98 @@ def test_snr_step_config_round_trip_and_errors(tmp_path):
         NormalizedMLPOptimizer(snr_step=True, decays=(0.5, 0.99))
     with pytest.raises(ValueError, match="snr_step"):
         NormalizedMLPOptimizer(snr_step="yes")
+
+
+# --------------------------------------------------------------------------- radial_gain
+
+def _radial_reference(grads_seq, params, beta, radial_range, shrink):
+    """numpy: each step is the plain rule's (radial_gain=0, same features) with its part along w scaled by
+    exp(r), r <- clip(r + beta * k * tanh(cos(g, w) * sqrt(n)) * sign(c_last), -range, 0)."""
+    import numpy as np
+    plain = rule_(hypergradient_shrink=shrink)
+    state = plain.init(params)
+    r = {k: 0.0 for k in params}
+    c_last = {k: 0.0 for k in params}
+    out = []
+    for g in grads_seq:
+        with torch.no_grad():
+            new, state = plain.update(g, state, params)
+        nxt = {}
+        for k in params:
+            w, step, gk = params[k].numpy(), (params[k] - new[k]).numpy(), g[k].numpy()
+            if w.ndim == 0:
+                nxt[k] = new[k]
+                continue
+            w_hat = w / np.linalg.norm(w)
+            z = (gk * w_hat).sum() * math.sqrt(w.size) / np.linalg.norm(gk)
+            sig = math.tanh(z) * np.sign(c_last[k])
+            sig = shrink * sig if sig < 0 else sig
+            r[k] = min(max(r[k] + beta * sig, -radial_range), 0.0)
+            c = (step * w_hat).sum()
+            c_last[k] = c
+            nxt[k] = torch.from_numpy(w - (step + (math.exp(r[k]) - 1) * c * w_hat))
+        params = nxt
+        out.append(params)
+    return out, r
+
+
+def test_radial_gain_scales_the_part_of_each_step_along_the_tensor_by_its_adapted_factor():
+    """Six updates with random gradients, against the numpy reference built on the plain rule's steps;
+    scalars (no direction to split off) take the plain step."""
+    params = tree(0)
+    grads_seq = [tree(20 + i) for i in range(6)]
+    rule = rule_(radial_gain=0.4, radial_range=1.5, hypergradient_shrink=2.0)
+    ref, r = _radial_reference(grads_seq, params, 0.4, 1.5, 2.0)
+    state, p = rule.init(params), params
+    with torch.no_grad():
+        for g, expect in zip(grads_seq, ref):
+            p, state = rule.update(g, state, p)
+            for k in SHAPES:
+                torch.testing.assert_close(p[k], expect[k], rtol=1e-10, atol=1e-13)
+    assert any(v < 0 for v in r.values())   # the factor moved (the test would not see a no-op)
+    for k in ("matrix", "bias", "conv"):
+        assert torch.allclose(state["log_radial"][k], torch.full(SHAPES[k], r[k], dtype=torch.float64))
+
+
+def _grower(**kw) -> NormalizedMLPOptimizer:
+    """A rule whose direction is minus the normalised parameter feature: every step grows the tensor."""
+    rule = rule_(magnitude=False, **kw)
+    with torch.no_grad():
+        rule.skip.zero_()
+        rule.skip[rule.feature_names().index("w")] = -1.0
+        rule.layers[-1].weight.zero_()
+    return rule
+
+
+def test_radial_gain_undoes_growth_the_gradient_opposes_and_keeps_growth_it_favours():
+    """A rule that only grows the tensor: where the loss rises with |w| (g along w) r falls to -range and the
+    step's radial part is exp(range) times smaller than the plain rule's; where the loss falls with |w| (g
+    along -w) r stays at 0 and the steps are the plain rule's."""
+    rule, plain = _grower(radial_gain=0.3, radial_range=2.0), _grower()
+    gen = torch.Generator().manual_seed(3)
+    w0 = torch.randn(6, 7, generator=gen, dtype=torch.float64)
+    for sign, expect in ((1.0, -2.0), (-1.0, 0.0)):
+        p, state = {"w": w0}, rule.init({"w": w0})
+        with torch.no_grad():
+            for _ in range(40):
+                g = {"w": sign * p["w"] + 0.05 * torch.randn(6, 7, generator=gen, dtype=torch.float64)}
+                before, before_state = p["w"], state
+                p, state = rule.update(g, state, p)
+            plain_new, _ = plain.update(g, before_state, {"w": before})
+        assert float(state["log_radial"]["w"].max()) == pytest.approx(expect, abs=1e-12), sign
+        assert float(state["log_radial"]["w"].min()) == pytest.approx(expect, abs=1e-12), sign
+        w_hat = before / before.norm()
+        radial, plain_radial = ((before - p["w"]) * w_hat).sum(), ((before - plain_new["w"]) * w_hat).sum()
+        assert float(plain_radial) < 0   # the plain step grows the tensor
+        assert float(radial / plain_radial) == pytest.approx(math.exp(expect), rel=1e-9), sign
+
+
+def test_radial_gain_config_round_trip_and_errors(tmp_path):
+    rule = make_learned_rule("celo", radial_gain=0.1, radial_range=3.0, hypergradient=0.1)
+    back = learned_opt.load(save_checkpoint(tmp_path / "radial.pt", rule, 0, {}))
+    assert back.config() == rule.config() and back.radial_gain == 0.1 and back.radial_range == 3.0
+    assert "log_radial" in rule.init({"w": torch.ones(2, 2)}) and "log_radial" not in make_learned_rule("celo").init(
+        {"w": torch.ones(2, 2)})
+    for bad in ({"radial_gain": -0.1}, {"radial_range": 0.0}, {"radial_gain": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            NormalizedMLPOptimizer(**bad)
