@@ -120,7 +120,7 @@ def test_quickstart_tiny(tmp_path):
                              '"~suite.digits_mlp_relu","~suite.digits_mlp_2layer"]')
     md = (run_dir / "evaluate" / "summary.md").read_text()
     names = [r[0] for r in table_rows(md.split("### digits_mlp_sigmoid")[1].split("###")[0])]
-    assert {"mlp_lopt", "celo_backoff", "adam@tuned", "sgd@default"} <= set(names)
+    assert {"mlp_lopt", "celo_radial", "adam@tuned", "sgd@default"} <= set(names)
     assert (run_dir / "meta_train" / "checkpoint.pt").exists()
     assert (run_dir / "evaluate" / "scores.png").exists()
     assert list((run_dir / "evaluate" / "wandb_runs" / "wandb").glob("offline-run-*"))

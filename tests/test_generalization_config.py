@@ -72,7 +72,7 @@ def test_generalization_suite_tiny_end_to_end(tmp_path):
     keep = ("regression", "autoencoder", "batch_8")
     drop = [f"~suite.{k}" for k in CONFIG["suite"] if k not in keep]
     learned = [f"~optimizers.{k}" for k, v in CONFIG["optimizers"].items()
-               if "checkpoint" in v and k not in ("mlp_lopt", "celo_general", "celo_hd", "celo_backoff")]
+               if "checkpoint" in v and k not in ("mlp_lopt", "celo_general", "celo_hd", "celo_backoff", "celo_radial")]
     run_dir = run_experiment("evaluate.py", tmp_path, "steps=6", "seeds=[100]", "tuning.budget=2",
                              "tuning.seeds=[0]", *drop, *learned, *(f"suite.{k}.steps=6" for k in keep),
                              f"optimizers.mlp_lopt.checkpoint={ROOT}/pretrained/mlp_l2l_mnist.pt",
@@ -82,7 +82,7 @@ def test_generalization_suite_tiny_end_to_end(tmp_path):
     for task in keep:
         assert task in md
     rows = ["adam@tuned", "adam@default", "adamw@tuned", "nesterov@tuned", "mlp_lopt"]
-    for row in rows + ["celo_general", "celo_hd", "celo_backoff"]:  # found by their short names from another working directory
+    for row in rows + ["celo_general", "celo_hd", "celo_backoff", "celo_radial"]:  # found by their short names from another working directory
         assert row in md, row
     assert summary["summary"]["seconds"] > 0 and set(summary["summary"]["tasks"]) == set(keep)
     across = summary["summary"]["across_tasks"]
@@ -101,7 +101,7 @@ def test_selection_config_validates_and_is_disjoint_from_the_suite():
     suite task, and its seeds are neither the suite's nor the tuning seeds."""
     cfg = {k: v for k, v in SELECTION.items() if k != "resume"}
     specs, suite = check_config(cfg, torch.device("cpu"))
-    assert len(suite) == len(SELECTION["suite"]) >= 5 and {"adam", "celo_general", "celo_hd", "celo_backoff"} <= {s.label for s in specs}
+    assert len(suite) == len(SELECTION["suite"]) >= 5 and {"adam", "celo_general", "celo_hd", "celo_backoff", "celo_radial"} <= {s.label for s in specs}
     strip = lambda spec: {k: v for k, v in spec.items() if k != "steps"}  # noqa: E731
     for label, spec in SELECTION["suite"].items():
         assert outside_family(spec), f"selection.{label} lies inside configs/family/general.yaml"
@@ -124,7 +124,7 @@ def test_holdout_config_validates_and_is_disjoint_from_every_earlier_set(index):
     cfg["suite"] = {k: v for k, v in cfg["suite"].items() if not v.get("requires_files")}  # no data root here
     specs, suite = check_config(cfg, torch.device("cpu"))
     assert len(holdout["suite"]) >= 8 and len(suite) == len(cfg["suite"])
-    assert {"adam", "celo_backoff", "celo_hd"} <= {s.label for s in specs}
+    assert {"adam", "celo_backoff", "celo_hd", "celo_radial"} <= {s.label for s in specs}
     strip = lambda spec: {k: v for k, v in spec.items() if k != "steps"}  # noqa: E731
     others = [spec for other in earlier for spec in other["suite"].values()]
     for label, spec in holdout["suite"].items():

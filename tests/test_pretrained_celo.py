@@ -1,4 +1,4 @@
-"""The recommended general-purpose learned optimizer (pretrained/celo_backoff.pt): found by its short names,
+"""The recommended general-purpose learned optimizer (pretrained/celo_radial.pt): found by its short names,
 rebuilt bit for bit by the command that made it, usable through the torch.optim adapter, and better than
 Adam at its default lr on a task it never saw."""
 from __future__ import annotations
@@ -20,23 +20,37 @@ SHIPPED = resolve_pretrained("celo")
 
 
 def test_short_names_find_the_shipped_file():
-    assert SHIPPED.name == "celo_backoff.pt" and SHIPPED.is_file()
-    for name in ("celo_general", "celo_hd"):   # the earlier ones, by their own names
+    assert SHIPPED.name == "celo_radial.pt" and SHIPPED.is_file()
+    for name in ("celo_general", "celo_hd", "celo_backoff"):   # the earlier ones, by their own names
         assert resolve_pretrained(name).name == f"{name}.pt"
     a, b = learned_opt.load("celo"), learned_opt.load(str(SHIPPED))
     assert isinstance(a, NormalizedMLPOptimizer) and a.hypergradient > 0 and a.hypergradient_shrink == 2.0
+    assert a.radial_gain == 0.1
     assert learned_opt.load("general").state_dict().keys() == a.state_dict().keys()
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
 
 
-def test_it_is_celo_hd_with_the_settings_its_readme_names(tmp_path):
+def test_it_is_celo_backoff_with_the_radial_controller_its_readme_names(tmp_path):
+    """pretrained/README.md: celo_backoff's file with radial_gain=0.1 and nothing else changed; re-deriving it
+    gives the same meta-parameters and config."""
+    backoff = resolve_pretrained("celo_backoff")
+    again = derive_checkpoint("celo_backoff", tmp_path / "again.pt", {"radial_gain": 0.1}, {})
+    shipped, rebuilt, src = load_checkpoint(SHIPPED), load_checkpoint(again), load_checkpoint(backoff)
+    assert learned_opt.load(str(SHIPPED)).config() == learned_opt.load(str(again)).config()
+    assert shipped["derived_from"] == rebuilt["derived_from"] and shipped["derived_from"]["source_sha256"] == src["sha256"]
+    for k, v in shipped["meta_params"].items():
+        assert torch.equal(v, rebuilt["meta_params"][k]) and torch.equal(v, src["meta_params"][k]), k
+
+
+def test_celo_backoff_is_celo_hd_with_the_settings_its_readme_names(tmp_path):
     """pretrained/README.md: celo_hd's meta-trained weights, log_scale + 1 (steps e times larger), backing off
     twice as fast (hypergradient_shrink=2). Re-deriving it gives the same meta-parameters and config."""
+    backoff = resolve_pretrained("celo_backoff")
     again = derive_checkpoint("celo_hd", tmp_path / "again.pt", {"hypergradient_shrink": 2}, {"log_scale": 1.0})
-    shipped, rebuilt, hd = load_checkpoint(SHIPPED), load_checkpoint(again), load_checkpoint(resolve_pretrained("celo_hd"))
+    shipped, rebuilt, hd = load_checkpoint(backoff), load_checkpoint(again), load_checkpoint(resolve_pretrained("celo_hd"))
     # options added since the file was made take their defaults (the same rule): compare the rebuilt rules
-    assert learned_opt.load(str(SHIPPED)).config() == learned_opt.load(str(again)).config()
+    assert learned_opt.load(str(backoff)).config() == learned_opt.load(str(again)).config()
     old, new = shipped["rule"]["config"], rebuilt["rule"]["config"]
     assert shipped["rule"]["name"] == rebuilt["rule"]["name"] and {k: new[k] for k in old} == old
     assert shipped["derived_from"] == rebuilt["derived_from"]
@@ -104,3 +118,16 @@ def test_its_step_size_adapts_per_task():
         assert max(logs) - min(logs) > 0.1, logs    # per tensor
         finals.append(logs)
     assert max(abs(a - b) for a, b in zip(finals[0], finals[1][:len(finals[0])])) > 0.1, finals
+
+
+def test_its_radial_controller_stops_the_growth_that_hurts_a_regression():
+    """An MSE student of a tanh teacher on MNIST-1D (no loss the family has): celo_backoff grows every tensor
+    and plateaus; the shipped rule's radial factor falls there and its mean loss is clearly lower."""
+    task = make_task("regression", dataset="mnist1d", hidden_sizes=[32], activation="tanh", outputs=3, batch_size=64)
+    radial, backoff = learned_opt.load("celo"), learned_opt.load("celo_backoff")
+    g = torch.Generator().manual_seed(11)
+    params = task.init_params(g)
+    with torch.no_grad():
+        res = unroll(task, radial, params, init_state(radial, params, 300), 300, g)
+    assert not res.diverged and min(float(v.min()) for v in res.state["log_radial"].values()) < -1.0
+    assert float(res.losses.mean()) < 0.8 * mean_loss(backoff, task, 300, seed=11)

@@ -239,7 +239,7 @@ def derive_checkpoint(source: str | Path, dest: str | Path, set_config: dict[str
 
 PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "pretrained"
 # short names of the shipped optimizers; any other file in pretrained/ is found by its stem too
-PRETRAINED_ALIASES = {"celo": "celo_backoff", "general": "celo_backoff"}
+PRETRAINED_ALIASES = {"celo": "celo_radial", "general": "celo_radial"}
 
 
 def resolve_pretrained(path: str | Path) -> Path:
