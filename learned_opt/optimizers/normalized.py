@@ -503,6 +503,20 @@ class NormalizedMLPOptimizer(LearnedRule):
         ratio = mean(m * m) / (1 - b1 ** t) ** 2 / (mean(v) / (1 - b2 ** t) + EPS)
         return torch.sqrt(ratio)
 
+    @staticmethod
+    def _scaled_cos(g: Tensor, d: Tensor, dims: tuple[int, ...]) -> Tensor:
+        """``cos(g, d) * sqrt(n)`` over the tensor dims ``dims`` (``n`` coordinates, keepdim): the signal of both
+        online controllers, about as noisy for every tensor size (module docstring)."""
+        total = (lambda x: x.sum(dim=dims, keepdim=True)) if dims else (lambda x: x)  # noqa: E731
+        n = math.prod(g.shape[i] for i in dims)
+        return total(g * d) * math.sqrt(n) * torch.rsqrt(total(g * g) * total(d * d) + EPS)
+
+    def _shrink(self, signal: Tensor) -> Tensor:
+        """``hypergradient_shrink``: negative controller signals times ``k`` (unchanged for ``k = 1``)."""
+        if self.hypergradient_shrink == 1:
+            return signal
+        return torch.where(signal < 0, self.hypergradient_shrink * signal, signal)
+
     def _radial(self, k: str, u: Tensor, g: Tensor, w: Tensor, dims: tuple[int, ...], state: State,
                 new_state: State) -> Tensor:
         """``radial_gain``: tensor ``k``'s step with its part along ``w`` scaled by the adapted ``exp(r)``;
@@ -511,15 +525,10 @@ class NormalizedMLPOptimizer(LearnedRule):
         if not dims:   # a tensor without dims has no direction to split off
             new_state["log_radial"][k], new_state["last_radial"][k] = log_radial, last
             return u
-        total = lambda x: x.sum(dim=dims, keepdim=True)  # noqa: E731
-        n = math.prod(u.shape[d] for d in dims)
-        w_hat = w * torch.rsqrt(total(w * w) + EPS)
-        z = total(g * w_hat) * math.sqrt(n) * torch.rsqrt(total(g * g) + EPS)
-        signal = torch.tanh(z) * torch.sign(last)
-        if self.hypergradient_shrink != 1:
-            signal = torch.where(signal < 0, self.hypergradient_shrink * signal, signal)
+        w_hat = w * torch.rsqrt((w * w).sum(dim=dims, keepdim=True) + EPS)
+        signal = self._shrink(torch.tanh(self._scaled_cos(g, w, dims)) * torch.sign(last))
         log_radial = torch.clamp(log_radial + self.radial_gain * signal, -self.radial_range, 0.0)
-        c = total(u * w_hat)
+        c = (u * w_hat).sum(dim=dims, keepdim=True)
         new_state["log_radial"][k], new_state["last_radial"][k] = log_radial, c.expand_as(u)
         return u + (torch.exp(log_radial) - 1) * c * w_hat
 
@@ -527,17 +536,14 @@ class NormalizedMLPOptimizer(LearnedRule):
         """The hypergradient step size of tensor ``k``: updates ``new_state``'s ``log_step`` and ``last_dir``
         and returns ``u * exp(l)`` (module docstring)."""
         last, log_step = state["last_dir"][k].to(u.dtype), state["log_step"][k].to(u.dtype)
-        total = (lambda x: x.sum(dim=dims, keepdim=True)) if dims else (lambda x: x)
-        n = math.prod(u.shape[d] for d in dims)
-        z = total(g * last) * math.sqrt(n) * torch.rsqrt(total(g * g) * total(last * last) + EPS)
+        z = self._scaled_cos(g, last, dims)
         gain = torch.exp(self._meta("log_hyper_gain").to(u.dtype))
         r, mu, signal = self.hypergradient_range, self.hypergradient_momentum, torch.tanh(z)
         if mu > 0:   # bias-corrected momentum on the signal; t = 0 has no signal (no last step) and a = 0
             velocity = mu * state[VELOCITY_KEY][k].to(u.dtype) + (1 - mu) * signal
             new_state[VELOCITY_KEY][k] = velocity
             signal = velocity / (1 - mu ** max(state["step"], 1))
-        if self.hypergradient_shrink != 1:
-            signal = torch.where(signal < 0, self.hypergradient_shrink * signal, signal)
+        signal = self._shrink(signal)
         low = -r if self.hypergradient_floor is None else self.hypergradient_floor
         log_step = torch.clamp(log_step + self._per_member(gain, z) * signal, low, r)
         new_state["log_step"][k], new_state["last_dir"][k] = log_step, u
