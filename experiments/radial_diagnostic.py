@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(args.task)
         task = build_task("--task", spec, torch.device("cpu"))
         rule = B.Adam(lr=args.lr) if args.rule == "adam" else learned_opt.load(args.rule)
-        stats = direction_stats(rule, task, args.steps, args.seed)
+        stats, mean_loss = direction_stats(rule, task, args.steps, args.seed)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.rule} on {spec}, {args.steps} steps, seed {args.seed}: mean loss {stats.pop('_run')['mean_loss']:.4g}")
+    print(f"{args.rule} on {spec}, {args.steps} steps, seed {args.seed}: mean loss {mean_loss:.4g}")
     print("| tensor | cos(step, Adam's direction) | cos(step, w) (> 0: grows w) | cos(Adam's direction, w) |")
     print("|---|---|---|---|")
     for k, s in stats.items():

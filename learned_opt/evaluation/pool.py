@@ -24,7 +24,6 @@ from .report import markdown_table
 __all__ = ["load_medians", "pool", "pooled_markdown"]
 
 
-
 def load_medians(run_dir: str | Path) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
     """``(auc, diverged)`` of one evaluation: ``auc[task][optimizer]`` the median mean training loss over
     seeds, ``diverged[task][optimizer]`` the diverged seeds, read from ``run_dir/summary.json``."""
