@@ -150,7 +150,7 @@ def test_learning_to_learn_config_tiny(tmp_path):
     run_dir = run_experiment("evaluate.py", tmp_path, *("steps=5",
                              "seeds=[100]", "tuning.budget=2", "tuning.seeds=[0]", "eval_every=0",
                              "~suite.steps_200", "~suite.units_40", "~suite.two_layers", "~suite.relu",
-                             *(f"optimizers.{k}.checkpoint={ROOT}/pretrained/{v}_l2l_mnist.pt"
+                             *(f"optimizers.{k}.checkpoint={ROOT}/learned_opt/pretrained/{v}_l2l_mnist.pt"
                                for k, v in (("lstm", "lstm"), ("mlp_lopt", "mlp"), ("learned_adam", "learned_adam"),
                                             ("mlp_lopt_invariant", "mlp_invariant"), ("lstm_paper", "lstm_paper")))),
                              config_name="learning_to_learn")

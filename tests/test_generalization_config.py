@@ -75,7 +75,7 @@ def test_generalization_suite_tiny_end_to_end(tmp_path):
                if "checkpoint" in v and k not in ("mlp_lopt", "celo_general", "celo_hd", "celo_backoff", "celo_radial")]
     run_dir = run_experiment("evaluate.py", tmp_path, "steps=6", "seeds=[100]", "tuning.budget=2",
                              "tuning.seeds=[0]", *drop, *learned, *(f"suite.{k}.steps=6" for k in keep),
-                             f"optimizers.mlp_lopt.checkpoint={ROOT}/pretrained/mlp_l2l_mnist.pt",
+                             f"optimizers.mlp_lopt.checkpoint={ROOT}/learned_opt/pretrained/mlp_l2l_mnist.pt",
                              config_name="generalization", timeout=600)
     summary = json.loads((run_dir / "summary.json").read_text())
     md = (run_dir / "summary.md").read_text()

@@ -392,7 +392,7 @@ def test_a_flipped_byte_in_tensor_data_is_reported_as_corruption(tmp_path):
 
 def test_legacy_checkpoints_without_a_hash_still_load(tmp_path):
     legacy = []
-    for path in sorted(Path(__file__).resolve().parents[1].glob("pretrained/*.pt")):
+    for path in sorted(Path(__file__).resolve().parents[1].glob("learned_opt/pretrained/*.pt")):
         if "sha256" not in torch.load(path, weights_only=True):  # shipped before checkpoints carried a hash
             legacy.append(path.name)
         learned_opt.load(path)

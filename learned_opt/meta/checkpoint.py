@@ -237,7 +237,7 @@ def derive_checkpoint(source: str | Path, dest: str | Path, set_config: dict[str
     return save_checkpoint(dest, rule, ckpt["meta_step"], json.loads(ckpt["config"]), derived_from=origin)
 
 
-PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "pretrained"
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 # short names of the shipped optimizers; any other file in pretrained/ is found by its stem too
 PRETRAINED_ALIASES = {"celo": "celo_radial", "general": "celo_radial"}
 
