@@ -1,12 +1,17 @@
-"""Derive a learned optimizer from a checkpoint: change some of its constructor options and move some
-scalar meta-parameters by a constant, keeping every other weight. How hand-chosen settings are put on
+"""Derive a learned optimizer from a rule file: change some of its options (the core's, or a controller's,
+adding the controller if the rule has none), move some scalar meta-parameters by a constant, reset some
+meta-parameters to their initial values, keeping every other weight. How hand-chosen settings are put on
 top of a meta-trained rule, reproducibly (the new file records its source, the source's hash and the
 changes under ``derived_from``).
 
-    python experiments/derive_rule.py celo_hd out.pt --set hypergradient_shrink=2 --shift log_scale=1
+    python experiments/derive_rule.py celo_hd out.pt --set hypergradient.shrink=2 --shift core.log_scale=1
+    python experiments/derive_rule.py celo init.pt --reset core.layers --reset core.skip --seed 0
 
-``--set KEY=VALUE`` (a constructor option; VALUE read as JSON, else as a string) and ``--shift
-NAME=DELTA`` (a scalar meta-parameter, e.g. ``log_scale``: +1 makes every step e times larger) may repeat.
+``--set KEY=VALUE`` (``<controller>.<option>`` or ``core.<option>``; VALUE read as JSON, else as a string),
+``--shift NAME=DELTA`` (a scalar meta-parameter, e.g. ``core.log_scale``: +1 makes every step e times larger)
+and ``--reset PREFIX`` (meta-parameters whose names start with PREFIX take the values of the rule built afresh
+with ``torch.manual_seed(--seed)``) may repeat. Files of the single-class rule also take its own option names
+(``--set radial_gain=0.1``), as they did when they were made.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import argparse
 import json
 import sys
 
-from learned_opt.meta.checkpoint import CheckpointError, derive_checkpoint, load_checkpoint
+from learned_opt.optimizers.files import CheckpointError, derive_checkpoint, load_checkpoint
 
 
 def _pairs(items: list[str], what: str, parse) -> dict:
@@ -47,11 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dest", help="where to write the derived checkpoint")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a constructor option")
     ap.add_argument("--shift", action="append", default=[], metavar="NAME=DELTA", help="add DELTA to a scalar meta-parameter")
+    ap.add_argument("--reset", action="append", default=[], metavar="PREFIX",
+                    help="meta-parameters starting with PREFIX take their initial values")
+    ap.add_argument("--seed", type=int, default=0, help="torch seed of the initial values (--reset)")
     args = ap.parse_args(argv)
     set_config = _pairs(args.set, "--set", _json_or_str)
     shift = _pairs(args.shift, "--shift", _number)
     try:
-        path = derive_checkpoint(args.source, args.dest, set_config, shift)
+        path = derive_checkpoint(args.source, args.dest, set_config, shift, args.reset, args.seed)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

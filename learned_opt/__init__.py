@@ -1,7 +1,7 @@
 """learned-opt: learned optimizers and the hand-crafted rules they are compared with.
 
     import learned_opt as lo
-    rule = lo.load("pretrained/mlp_digits.pt")    # a meta-trained optimizer, from its checkpoint alone
+    rule = lo.load("celo")    # the shipped general-purpose learned optimizer (or a file path)
     task = lo.make_task("mlp", dataset="digits")
     params = task.init_params(g)
     res = lo.unroll(task, rule, params, rule.init(params), 100, g)
@@ -18,6 +18,7 @@ __all__ = ["load", "make_dataset", "make_family", "make_task", "unroll", "Unroll
 
 
 def load(path: Any, device: Any = "cpu"):
-    """Rebuild a meta-trained optimizer from its checkpoint alone (see ``learned_opt.meta.checkpoint.load_rule``)."""
-    from .meta.checkpoint import load_rule
+    """Rebuild a meta-trained optimizer from its file alone, or a shipped one by its short name (``"celo"``);
+    see :func:`learned_opt.optimizers.files.load_rule`."""
+    from .optimizers.files import load_rule
     return load_rule(path, device)

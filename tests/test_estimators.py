@@ -47,7 +47,7 @@ def sgd_rule() -> LearnedSGD:
 
 def make(cls, horizon, truncation, seed=0, **kw):
     return cls(FAMILY, horizon=horizon, truncation=truncation, num_tasks=16, population=16, device=CPU,
-               generator=torch.Generator().manual_seed(seed), **kw)
+               generator=torch.Generator().manual_seed(seed), **{"meta_loss": "mean", **kw})
 
 
 def test_es_estimates_the_gradient_of_the_gaussian_smoothed_meta_loss():
@@ -162,30 +162,39 @@ def run_alone(own, rule, theta, params, grads, i):
     return q, st
 
 
-CELO_VARIANTS = {"celo": {}, "celo_adam_orth": {"bias_rule": "adam", "orthogonalize": True},
-                 "celo_wide_relative": {"magnitude_log_range": 2.0, "relative_step": True, "weight_decay": 0.1},
-                 "celo_fixed_scale": {"learn_scale": False, "bias_rule": "adam", "magnitude": False},
-                 "celo_hypergradient": {"hypergradient": 0.2, "bias_rule": "adam"},
-                 "celo_hypergradient_smooth": {"hypergradient": 0.2, "hypergradient_momentum": 0.6,
-                                               "hypergradient_shrink": 2.0},
-                 "celo_floor_snr": {"hypergradient": 0.2, "hypergradient_shrink": 2.0, "hypergradient_floor": -0.5,
-                                    "snr_step": True},
-                 "celo_radial": {"hypergradient": 0.2, "radial_gain": 0.3, "hypergradient_shrink": 2.0}}
+CELO_VARIANTS = {"celo": {}, "celo_wide_decay": {"weight_decay": 0.1, "hidden_sizes": [16]},
+                 "celo_fixed_scale": {"learn_scale": False, "magnitude": False},
+                 "celo_hypergradient": {"controllers": [{"name": "hypergradient", "gain": 0.2}]},
+                 "celo_hypergradient_smooth": {"controllers": [{"name": "hypergradient", "gain": 0.2, "momentum": 0.6,
+                                                                "shrink": 2.0}]},
+                 "celo_floor_snr": {"controllers": [{"name": "snr"}, {"name": "hypergradient", "gain": 0.2,
+                                                                      "shrink": 2.0, "floor": -0.5}]},
+                 "celo_radial": {"controllers": [{"name": "radial", "gain": 0.3, "shrink": 2.0, "learn_gain": True},
+                                                 {"name": "hypergradient", "gain": 0.2, "shrink": 2.0}]},
+                 "adam_controlled": {}}
+
+
+def _variant(name: str):
+    if name == "adam_controlled":   # a hand-crafted core: only the controllers' gains are meta-parameters
+        from learned_opt.optimizers import Controlled
+        import baselines as B
+        return Controlled(B.Adam(lr=1e-2), [{"name": "radial", "learn_gain": True}, {"name": "hypergradient"}])
+    kind, kwargs = ("celo", CELO_VARIANTS[name]) if name in CELO_VARIANTS else (name, {})
+    return make_learned_rule(kind, **kwargs)
 
 
 @pytest.mark.parametrize("name", ["lstm", "mlp", "learned_adam", *CELO_VARIANTS])
 def test_member_rule_equals_each_member_updated_by_its_own_copy_of_the_rule(name):
     """Under no_grad the MLP and celo rules take their native member paths, the others vmap."""
     torch.manual_seed(0)
-    kind, kwargs = ("celo", CELO_VARIANTS[name]) if name in CELO_VARIANTS else (name, {})
-    rule = make_learned_rule(kind, **kwargs)
+    rule = _variant(name)
     thetas = meta_vector(rule) + 0.05 * torch.randn(3, meta_vector(rule).numel())
     params = {"w": torch.randn(3, 4, 5), "b": torch.randn(3, 5), "c": torch.randn(3, 2, 3, 2, 2), "s": torch.randn(3)}
     grads = [{k: torch.randn_like(v) for k, v in params.items()} for _ in range(3)]
     p, _, _ = run_members(rule, thetas, params, grads)
     assert vars(rule).get("population_dim") is None and vars(rule).get("_members") is None
     for i in range(3):
-        q, _ = run_alone(make_learned_rule(kind, **kwargs), rule, thetas[i], params, grads, i)
+        q, _ = run_alone(_variant(name), rule, thetas[i], params, grads, i)
         for k in q:
             torch.testing.assert_close(p[k][i], q[k], rtol=1e-6, atol=1e-7)
 
@@ -377,7 +386,7 @@ def test_short_horizon_bias_experiment_end_to_end(tmp_path):
 
 def test_learned_opt_load_finds_shipped_optimizers_by_short_name(tmp_path):
     import learned_opt
-    from learned_opt.meta.checkpoint import CheckpointError, resolve_pretrained
+    from learned_opt.optimizers.files import CheckpointError, resolve_pretrained
     assert resolve_pretrained("lstm_l2l_mnist").name == "lstm_l2l_mnist.pt"
     by_name = learned_opt.load("lstm_l2l_mnist")
     by_path = learned_opt.load(resolve_pretrained("lstm_l2l_mnist"))

@@ -20,8 +20,15 @@ from learned_opt.unroll import unroll
 SHAPES = {"scalar": (), "vector": (5,), "matrix": (3, 4), "conv": (2, 3, 3, 3)}
 
 
+# a core with controllers, so the generic tests cover the seam too (learned gains: meta-parameters of both kinds)
+CONTROLLED = {"core": {"kind": "learned", "name": "celo", "config": {"hidden_sizes": [8]}},
+              "controllers": [{"name": "radial", "gain": 0.2, "learn_gain": True}, {"name": "hypergradient"}]}
+
+
 def make_rule(name: str, **kwargs) -> nn.Module:
     torch.manual_seed(0)
+    if name == "controlled":
+        kwargs = {**CONTROLLED, **kwargs}
     return make_learned_rule(name, **kwargs)
 
 
@@ -65,7 +72,8 @@ def meta_loss(rule: nn.Module, task: Quadratic, steps: int = 3) -> torch.Tensor:
 # Rules as the tests build them. The MLP gets a larger step_mult so its effect on the
 # loss is far above rounding noise in the finite-difference check.
 RULE_KWARGS = {"lstm": {}, "mlp": {"step_mult": 0.1}, "learned_adam": {"lr": 0.05},
-               "learned_sgd": {"lr": 0.05, "steps": 5}, "celo": {"step_mult": 0.1}}
+               "learned_sgd": {"lr": 0.05, "steps": 5}, "celo": {"step_mult": 0.1},
+               "controlled": {"core": {**CONTROLLED["core"], "config": {"hidden_sizes": [8], "step_mult": 0.1}}}}
 
 
 # --------------------------------------------------------------------------- formulas
@@ -472,7 +480,7 @@ def test_lstm_with_grad_rms_input_and_step_is_scale_equivariant_and_without_is_n
 def test_every_registered_rule_is_a_learned_rule_with_the_shared_bookkeeping():
     from learned_opt.optimizers import LearnedRule
     for name, cls in LEARNED_RULES.items():
-        rule = cls()
+        rule = make_rule(name)
         assert isinstance(rule, LearnedRule) and rule.hparam_names == ("lr",) and rule.numeric_hparams() is False
         rebuilt = cls(**rule.config())
         assert rebuilt.config() == rule.config(), name

@@ -19,6 +19,7 @@ import learned_opt
 from learned_opt import runlog
 from learned_opt.meta import CheckpointError, meta_train
 from learned_opt.meta import trainer as T
+from learned_opt.meta.bptt import TruncatedBPTT
 from learned_opt.meta.checkpoint import content_hash, load_checkpoint, save_checkpoint
 from learned_opt.meta.config import check_meta_train_config
 from learned_opt.optimizers import make_learned_rule
@@ -213,7 +214,7 @@ def test_resuming_from_a_best_checkpoint_names_what_is_missing(tmp_path, referen
 
 
 def test_replayed_meta_steps_are_not_logged_twice(tmp_path, reference, monkeypatch):
-    real = T.TruncatedBPTT.estimate
+    real = TruncatedBPTT.estimate
     calls = {"n": 0}
 
     def dies_in_step_6(self, rule):
@@ -222,18 +223,18 @@ def test_replayed_meta_steps_are_not_logged_twice(tmp_path, reference, monkeypat
             raise KeyboardInterrupt
         return real(self, rule)
 
-    monkeypatch.setattr(T.TruncatedBPTT, "estimate", dies_in_step_6)
+    monkeypatch.setattr(TruncatedBPTT, "estimate", dies_in_step_6)
     with pytest.raises(KeyboardInterrupt):
         meta_train(copy.deepcopy(CFG), tmp_path)
     assert [r["step"] for r in rows(tmp_path)] == [1, 2, 3, 4, 5]
-    monkeypatch.setattr(T.TruncatedBPTT, "estimate", real)
+    monkeypatch.setattr(TruncatedBPTT, "estimate", real)
     meta_train(copy.deepcopy(CFG), tmp_path, resume=True)
     assert [r["step"] for r in rows(tmp_path)] == [1, 2, 3, 4, 5, 6]
     assert_same_run(reference, tmp_path)
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(tmp_path, reference, monkeypatch):
-    real = T.TruncatedBPTT.estimate
+    real = TruncatedBPTT.estimate
     calls = {"n": 0}
 
     def dies_in_step_2(self, rule):
@@ -242,10 +243,10 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(tmp_pat
             raise KeyboardInterrupt
         return real(self, rule)
 
-    monkeypatch.setattr(T.TruncatedBPTT, "estimate", dies_in_step_2)
+    monkeypatch.setattr(TruncatedBPTT, "estimate", dies_in_step_2)
     with pytest.raises(KeyboardInterrupt):
         meta_train(copy.deepcopy(CFG), tmp_path)
-    monkeypatch.setattr(T.TruncatedBPTT, "estimate", real)
+    monkeypatch.setattr(TruncatedBPTT, "estimate", real)
     with pytest.raises(CheckpointError, match="stopped before its first checkpoint.*resume=true"):
         meta_train(copy.deepcopy(CFG), tmp_path)  # a fresh start would append to its metrics
     with pytest.raises(CheckpointError, match="different configuration"):
@@ -279,7 +280,7 @@ def test_a_full_disk_while_appending_metrics_leaves_no_half_row_and_the_run_resu
 def test_a_half_row_left_by_older_code_is_repaired_on_resume(tmp_path, reference, monkeypatch):
     # the run as it was at its step-4 checkpoint, with a half-written row 5 at the end of its metrics
     ckpt_4 = tmp_path / "ckpt4"
-    real = T.TruncatedBPTT.estimate
+    real = TruncatedBPTT.estimate
     calls = {"n": 0}
 
     def stop_in_step_5(self, rule):
@@ -288,10 +289,10 @@ def test_a_half_row_left_by_older_code_is_repaired_on_resume(tmp_path, reference
             raise KeyboardInterrupt
         return real(self, rule)
 
-    monkeypatch.setattr(T.TruncatedBPTT, "estimate", stop_in_step_5)
+    monkeypatch.setattr(TruncatedBPTT, "estimate", stop_in_step_5)
     with pytest.raises(KeyboardInterrupt):
         meta_train(copy.deepcopy(CFG), ckpt_4)
-    monkeypatch.setattr(T.TruncatedBPTT, "estimate", real)
+    monkeypatch.setattr(TruncatedBPTT, "estimate", real)
     full = (ckpt_4 / "metrics.jsonl").read_text()
     (ckpt_4 / "metrics.jsonl").write_text(full + '{"step": 5, "diverged_trunc')
     with pytest.warns(RuntimeWarning, match="damaged line"):
@@ -323,12 +324,12 @@ def _fork(target, *args) -> multiprocessing.Process:
 
 def _train_in_child(cfg: dict, run_dir: str, resume: bool, step_delay: float = 0.0) -> None:
     if step_delay:  # slower meta-steps (same numbers), so that the parent acts while the run is in flight
-        real = T.TruncatedBPTT.estimate
+        real = TruncatedBPTT.estimate
 
         def slow(self, rule):
             time.sleep(step_delay)
             return real(self, rule)
-        T.TruncatedBPTT.estimate = slow
+        TruncatedBPTT.estimate = slow
     try:
         meta_train(cfg, run_dir, resume=resume)
     except T.MetaTrainingInterrupted as e:

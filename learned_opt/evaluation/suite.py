@@ -43,6 +43,9 @@ import torch
 from baselines import RULES, make_rule
 from baselines.base import UpdateRule
 
+from ..optimizers import Controlled
+from ..optimizers.controllers import controller_specs
+from ..optimizers.files import CheckpointError, load_checkpoint, load_rule, resolve_pretrained
 from ..schema import (ConfigError, Field, boolean, check_call, check_choice, check_int, choice, integer, list_of,
                       number)
 from ..tasks import TASKS, make_task
@@ -80,6 +83,7 @@ class OptimizerSpec:
     tune: dict = field(default_factory=dict)  # hyperparameter -> [low, high] (log scale) or a list of values
     checkpoint: str | None = None           # a learned rule
     sha256: str | None = None               # of the learned rule's file, recorded when the config was checked
+    controllers: list = field(default_factory=list)   # online controllers on a hand-crafted rule's steps
 
     @property
     def learned(self) -> bool:
@@ -91,14 +95,14 @@ class OptimizerSpec:
 
     def build(self, device: torch.device, hparams: dict | None = None) -> UpdateRule:
         if self.learned:
-            from ..meta.checkpoint import CheckpointError, load_rule
             if self.sha256 is not None and file_sha256(self.checkpoint) != self.sha256:
                 raise CheckpointError(f"optimizers.{self.label}.checkpoint: {self.checkpoint} changed since this "
                                       f"evaluation started (SHA-256 {self.sha256[:16]}... recorded, now "
                                       f"{file_sha256(self.checkpoint)[:16]}...); restore it, or evaluate the new "
                                       f"file in a new run directory")
             return load_rule(self.checkpoint, device)
-        return make_rule(self.rule, **(self.hparams if hparams is None else hparams))
+        rule = make_rule(self.rule, **(self.hparams if hparams is None else hparams))
+        return Controlled(rule, self.controllers) if self.controllers else rule
 
 
 def file_sha256(path: str | Path) -> str:
@@ -130,7 +134,6 @@ def parse_optimizers(cfg: dict, tuning: dict | None = None) -> list[OptimizerSpe
             if not isinstance(entry["checkpoint"], str):
                 raise ConfigError(f"optimizers.{label}.checkpoint={entry['checkpoint']!r} is not allowed; "
                                   f"allowed: a file path")
-            from ..meta.checkpoint import load_checkpoint, resolve_pretrained
             path = resolve_pretrained(entry["checkpoint"])  # a file, or a shipped optimizer's short name ("celo")
             if not path.is_file():
                 raise FileNotFoundError(f"optimizers.{label}.checkpoint: no such file {path}")
@@ -142,6 +145,10 @@ def parse_optimizers(cfg: dict, tuning: dict | None = None) -> list[OptimizerSpe
             raise ValueError(f"optimizers.{label} needs either `rule` (one of {', '.join(RULES)}) or `checkpoint`")
         rule = entry.pop("rule")
         check_choice(f"optimizers.{label}.rule", rule, tuple(RULES))
+        controllers = controller_specs(entry.pop("controllers", None), f"optimizers.{label}.controllers")
+        if controllers:   # bad names or values fail here, before any cell runs
+            check_call(f"optimizers.{label}", "controllers", Controlled, {"core": RULES[rule](),
+                                                                         "controllers": controllers})
         tune = entry.pop("tune", None) or {}
         if not isinstance(tune, dict):
             raise ConfigError(f"optimizers.{label}.tune={tune!r} is not allowed; allowed: a mapping "
@@ -163,7 +170,7 @@ def parse_optimizers(cfg: dict, tuning: dict | None = None) -> list[OptimizerSpe
                     raise ConfigError(f"optimizers.{label}.tune={tune!r}: the search would try {cand}, which {rule} "
                                       f"rejects: {e}. A [low, high] range is searched on a log scale (0 < low, high); "
                                       f"any other list is a list of values to try") from e
-        specs.append(OptimizerSpec(label, rule=rule, hparams=entry, tune=tune))
+        specs.append(OptimizerSpec(label, rule=rule, hparams=entry, tune=tune, controllers=controllers))
     return specs
 
 

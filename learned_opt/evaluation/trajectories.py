@@ -144,7 +144,7 @@ def build_runs(cfg: dict, device: torch.device) -> dict[str, SurfaceRun]:
     check_config(cfg)
     learned = None
     if cfg.get("learned_checkpoint") is not None:
-        from ..meta.checkpoint import load_rule  # only needed (and only importable) with a checkpoint
+        from ..optimizers.files import load_rule  # only needed (and only importable) with a checkpoint
         learned = load_rule(Path(cfg["learned_checkpoint"]), device=device)
     runs = {}
     for label, s in cfg["surfaces"].items():

@@ -35,7 +35,7 @@ from ..optimizers.batched import split_tree
 from ..tasks.base import Task, TaskFamily
 from ..tasks.population import population_rule, stack_trees, unstack_tree
 from ..unroll import UnrollResult, unroll
-from .inner import Estimate, InnerProblems, detach_tree, finish_estimate
+from .inner import DEFAULT_META_LOSS, Estimate, InnerProblems, detach_tree, finish_estimate
 
 __all__ = ["TruncatedBPTT"]
 
@@ -58,7 +58,7 @@ class TruncatedBPTT:
 
     def __init__(self, family: TaskFamily, *, horizon: int, truncation: int, num_tasks: int,
                  device: torch.device, generator: torch.Generator, first_order: bool = False,
-                 meta_loss: str = "mean", divergence_factor: float = 1e3, population: int = 1,
+                 meta_loss: str = DEFAULT_META_LOSS, divergence_factor: float = 1e3, population: int = 1,
                  checkpoint_segments: int = 1, slot_offset: int = 0, stagger: bool = False,
                  log_ratio_floor: float | None = None):
         self.inner = InnerProblems(family, horizon=horizon, truncation=truncation, num_tasks=num_tasks,

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import torch
 
-from ..optimizers import LEARNED_RULES
+from ..optimizers import CONTROLLERS, LEARNED_RULES, controller_specs
 from ..schema import (WANDB, ConfigError, Field, boolean, check, check_call, choice, delegated, device, integer,
                       number, optional, section)
 from ..tasks import FAMILIES
+from .bptt import TruncatedBPTT
+from .es import TruncatedES
+from .inner import DEFAULT_META_LOSS, META_LOSSES
+from .pes import PES
 
 META_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
-META_LOSSES = ("mean", "log_mean", "log_ratio", "ratio")
-ESTIMATORS = ("bptt", "es", "pes")
+# the meta-gradient estimators by their config names (sibling files over the inner problems in flight)
+ESTIMATORS = {"bptt": TruncatedBPTT, "es": TruncatedES, "pes": PES}
+DEFAULT_ESTIMATOR = "bptt"   # configs/meta_train.yaml says the same (tested)
 
 
 # es and pes: antithetic perturbations of the meta-parameters (std) and pairs per task (a diverging
@@ -74,14 +79,14 @@ def check_meta_train_config(cfg: dict) -> None:
     if segments > meta["truncation"]:
         raise ConfigError(f"meta.checkpoint_segments={segments!r} is not allowed; allowed: an integer in "
                           f"[1, meta.truncation={meta['truncation']}] (1: no gradient checkpointing)")
-    if meta.get("log_ratio_floor") is not None and meta.get("meta_loss", "mean") != "log_ratio":
+    if meta.get("log_ratio_floor") is not None and meta.get("meta_loss", DEFAULT_META_LOSS) != "log_ratio":
         raise ConfigError(f"meta.log_ratio_floor={meta['log_ratio_floor']!r} is not allowed with meta.meta_loss="
-                          f"{meta.get('meta_loss', 'mean')!r}; allowed: null (or set meta.meta_loss=log_ratio)")
+                          f"{meta.get('meta_loss', DEFAULT_META_LOSS)!r}; allowed: null (or set meta.meta_loss=log_ratio)")
     val = cfg.get("validation") or {}
     if val.get("every", 0) and val.get("tasks", 0) < 1:
         raise ConfigError(f"validation.tasks={val.get('tasks', 0)!r} is not allowed with validation.every="
                           f"{val['every']}; allowed: an integer >= 1 (or validation.every=0: no validation)")
-    estimator = meta.get("estimator", "bptt")
+    estimator = meta.get("estimator", DEFAULT_ESTIMATOR)
     if estimator in ("es", "pes") and not cfg.get(estimator):
         raise ConfigError(f"meta.estimator={estimator} needs the block {estimator}: {{std, pairs}}")
     check_groups(cfg)
@@ -103,7 +108,17 @@ def check_groups(cfg: dict) -> None:
     """Build the learned rule and the task family once (on the CPU, the global RNG untouched), so that
     their constructors check every option; a family checks that its datasets can be found."""
     name, kwargs = _group(cfg, "optimizer", LEARNED_RULES)
+    try:
+        controllers = controller_specs(kwargs.pop("controllers", None), "optimizer.controllers")
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     with torch.random.fork_rng(devices=[]):
         check_call("optimizer", f"learned optimizer {name!r}", LEARNED_RULES[name], kwargs)
+    for spec in controllers:
+        cname = spec["name"]
+        if cname not in CONTROLLERS:
+            raise ConfigError(f"optimizer.controllers.{cname}: unknown controller; allowed: {', '.join(CONTROLLERS)}")
+        check_call(f"optimizer.controllers.{cname}", f"controller {cname!r}", CONTROLLERS[cname],
+                   {k: v for k, v in spec.items() if k != "name"})
     name, kwargs = _group(cfg, "family", FAMILIES)
     check_call("family", f"task family {name!r}", FAMILIES[name], kwargs, inject={"device": "cpu"})

@@ -36,7 +36,7 @@ from ..tasks.base import TaskFamily
 from ..tasks.population import stack_trees, unstack_tree
 from ..unroll import UnrollResult, unroll
 from ..optimizers.batched import MemberRule, meta_vector, unflatten_meta
-from .inner import Estimate, InnerProblems, Slot, clone_generator, detach_tree, finish_estimate
+from .inner import DEFAULT_META_LOSS, Estimate, InnerProblems, Slot, clone_generator, detach_tree, finish_estimate
 
 __all__ = ["TruncatedES", "check_es_options"]
 
@@ -61,7 +61,7 @@ class TruncatedES:
 
     def __init__(self, family: TaskFamily, *, horizon: int, truncation: int, num_tasks: int,
                  device: torch.device, generator: torch.Generator, std: float = 0.01, pairs: int = 4,
-                 meta_loss: str = "mean", divergence_factor: float = 1e3, population: int = 1,
+                 meta_loss: str = DEFAULT_META_LOSS, divergence_factor: float = 1e3, population: int = 1,
                  slot_offset: int = 0, stagger: bool = False,
                  log_ratio_floor: float | None = None):
         check_es_options(std, pairs, self.name)

@@ -54,9 +54,10 @@ from ..tasks.base import Task, TaskFamily
 from ..tasks.population import PopulationTask
 from ..unroll import init_state
 
-__all__ = ["InnerProblems", "Slot", "Estimate", "META_LOSSES", "truncation_loss", "detach_tree", "tree_to", "shapes"]
+__all__ = ["InnerProblems", "Slot", "Estimate", "META_LOSSES", "DEFAULT_META_LOSS", "truncation_loss", "detach_tree", "tree_to", "shapes"]
 
 META_LOSSES = ("mean", "log_mean", "log_ratio", "ratio")
+DEFAULT_META_LOSS = "log_mean"   # configs/meta_train.yaml says the same (tested)
 MAX_REDRAWS = 1000  # populations: draws per member to find a task of the group's shapes
 NOISE_SALT = 0x5DEECE66D  # separates a slot's noise stream from its task-seed stream
 
@@ -170,7 +171,7 @@ class InnerProblems:
 
     def __init__(self, family: TaskFamily, *, horizon: int, truncation: int, num_tasks: int,
                  device: torch.device, generator: torch.Generator, population: int = 1, slot_offset: int = 0,
-                 meta_loss: str = "mean", stagger: bool = False, log_ratio_floor: float | None = None):
+                 meta_loss: str = DEFAULT_META_LOSS, stagger: bool = False, log_ratio_floor: float | None = None):
         if truncation < 1 or horizon < truncation:
             raise ValueError(f"need 1 <= truncation <= horizon, got truncation={truncation}, horizon={horizon}")
         check_int("num_tasks", num_tasks, 1)

@@ -59,15 +59,10 @@ from ..tasks import make_family
 from ..unroll import init_state, unroll
 from ..utils import atomic_write_text, generator, resolve_device
 from .checkpoint import CheckpointError, check_resumable, load_checkpoint, rule_from_checkpoint, save_checkpoint
-from .config import META_OPTIMIZERS, check_meta_train_config
+from .config import DEFAULT_ESTIMATOR, ESTIMATORS, META_OPTIMIZERS, check_meta_train_config
 from .distributed import (DistContext, all_gather_objects, all_reduce_estimate, all_reduce_max,
                           broadcast_parameters, init_distributed, shutdown, synchronize)
-from .bptt import TruncatedBPTT
-from .es import TruncatedES
-from .inner import truncation_loss
-from .pes import PES
-
-ESTIMATORS = {"bptt": TruncatedBPTT, "es": TruncatedES, "pes": PES}
+from .inner import DEFAULT_META_LOSS, truncation_loss
 
 # Config entries that may differ between a checkpoint and the run that resumes it.
 RESUMABLE_CHANGES = ("meta.steps", "meta.checkpoint_segments", "checkpoint_every", "snapshot_every", "wandb",
@@ -111,14 +106,14 @@ def build_rule(cfg: dict, device: torch.device) -> nn.Module:
 def build_estimator(cfg: dict, family, device: torch.device, rank: int = 0):
     """The meta-gradient estimator named by ``meta.estimator``, over ``meta.tasks_per_step`` inner problems."""
     meta = cfg["meta"]
-    name = meta.get("estimator", "bptt")
+    name = meta.get("estimator", DEFAULT_ESTIMATOR)
     kw = dict(horizon=meta["horizon"], truncation=meta["truncation"], num_tasks=meta["tasks_per_step"],
-              device=device, generator=generator(cfg["seed"]), meta_loss=meta.get("meta_loss", "mean"),
+              device=device, generator=generator(cfg["seed"]), meta_loss=meta.get("meta_loss", DEFAULT_META_LOSS),
               divergence_factor=meta.get("divergence_factor", 1e3), population=meta.get("population", 1),
               slot_offset=rank * meta["tasks_per_step"], stagger=meta.get("stagger", False),
               log_ratio_floor=meta.get("log_ratio_floor"))
     if name == "bptt":
-        return TruncatedBPTT(family, first_order=meta.get("first_order", False),
+        return ESTIMATORS[name](family, first_order=meta.get("first_order", False),
                              checkpoint_segments=meta.get("checkpoint_segments", 1), **kw)
     block = cfg.get(name) or {}
     return ESTIMATORS[name](family, std=block.get("std", 0.01), pairs=block.get("pairs", 4), **kw)
@@ -427,7 +422,7 @@ def _finite_step(meta_opt: torch.optim.Optimizer, meta_params: list[torch.Tensor
 
 # Keys added after checkpoints were first written, with the value that older runs implicitly had.
 ADDED_KEYS = {"distributed": False, "meta.population": 1, "meta.checkpoint_segments": 1,
-              "meta.estimator": "bptt", "meta.stagger": False, "es.std": 0.01, "es.pairs": 4,
+              "meta.estimator": DEFAULT_ESTIMATOR, "meta.stagger": False, "es.std": 0.01, "es.pairs": 4,
               "pes.std": 0.01, "pes.pairs": 4,
               "optimizer.step_scale": "none", "optimizer.input_scale": "none", "optimizer.output_norm": True,
               "validation.metric": "mean_loss"}
