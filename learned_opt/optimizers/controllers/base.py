@@ -125,7 +125,11 @@ def _core_spec(core: Any) -> dict[str, Any]:
         if bad:
             raise ValueError(f"Controlled.config: the core's hyperparameters {sorted(bad)} are not plain numbers "
                              f"(schedules and tensors cannot be written to a file)")
-        return {"kind": "baselines", "name": type(core).__name__.lower(), "config": hp}
+        from baselines.rules import RULES
+        names = [name for name, cls in RULES.items() if type(core) is cls]
+        if not names:
+            raise ValueError(f"Controlled.config: {type(core).__name__} is not a registered baselines rule")
+        return {"kind": "baselines", "name": names[0], "config": hp}
     for name, cls in LEARNED_RULES.items():
         if type(core) is cls:
             return {"kind": "learned", "name": name, "config": core.config()}
