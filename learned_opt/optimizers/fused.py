@@ -59,7 +59,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CeloOptions", "Hyper", "Radial", "FusedStep", "fused_celo_step", "celo_inputs", "kernel_available",
+__all__ = ["CeloOptions", "Hyper", "Radial", "FusedStep", "FusedCeloOptimizer", "fused_celo_step", "celo_inputs", "kernel_available",
            "BACKENDS", "CHUNK"]
 
 EPS = 1e-20                 # as in normalized.py: every normalisation
@@ -136,26 +136,22 @@ def _check(params, grads, momenta, rms, weights, options, hyper, radial, backend
     missing = [k for k in needed if k not in weights]
     if missing:
         raise ValueError(f"weights lacks {missing}; needs {needed}")
-    for k, p in enumerate(params):
-        if grads[k].shape != p.shape:
-            raise ValueError(f"grads[{k}] has shape {tuple(grads[k].shape)}, params[{k}] {tuple(p.shape)}")
-        for field_name, groups in (("momenta", momenta), ("rms", rms)):
-            for i, group in enumerate(groups):
-                if group[k].shape != p.shape:
-                    raise ValueError(f"{field_name}[{i}][{k}] has shape {tuple(group[k].shape)}, "
-                                     f"params[{k}] {tuple(p.shape)}")
-        keep = (1,) * p.dim()
-        checks = []
-        if hyper is not None:
-            checks += [("hyper.log_step", hyper.log_step, keep), ("hyper.last_dir", hyper.last_dir, tuple(p.shape))]
-        if radial is not None:
-            checks += [("radial.log_radial", radial.log_radial, keep), ("radial.last_radial", radial.last_radial, keep)]
-        for name, values, shape in checks:
-            if len(values) != n:
-                raise ValueError(f"{name} has {len(values)} tensors, params {n}")
-            if tuple(values[k].shape) != shape:
-                raise ValueError(f"{name}[{k}] has shape {tuple(values[k].shape)}, expected {shape} "
-                                 f"(params[{k}] has shape {tuple(p.shape)})")
+    shapes = [p.shape for p in params]
+    keep = [(1,) * len(sh) for sh in shapes]
+    columns = [("grads", grads, shapes)]
+    columns += [(f"momenta[{i}]", group, shapes) for i, group in enumerate(momenta)]
+    columns += [(f"rms[{i}]", group, shapes) for i, group in enumerate(rms)]
+    if hyper is not None:
+        columns += [("hyper.log_step", hyper.log_step, keep), ("hyper.last_dir", hyper.last_dir, shapes)]
+    if radial is not None:
+        columns += [("radial.log_radial", radial.log_radial, keep), ("radial.last_radial", radial.last_radial, keep)]
+    for name, values, want in columns:   # one list comparison per column; the loop below only names the culprit
+        if len(values) != n:
+            raise ValueError(f"{name} has {len(values)} tensors, params {n}")
+        if [tuple(t.shape) for t in values] != [tuple(sh) for sh in want]:
+            k = next(k for k, t in enumerate(values) if tuple(t.shape) != tuple(want[k]))
+            raise ValueError(f"{name}[{k}] has shape {tuple(values[k].shape)}, expected {tuple(want[k])} "
+                             f"(params[{k}] has shape {tuple(shapes[k])})")
     if hyper is not None:
         low = -hyper.range if hyper.floor is None else hyper.floor
         if not (hyper.range > 0 and low <= 0 and hyper.shrink > 0):
@@ -266,10 +262,8 @@ def _kernel_applies(params, grads, states, weights, options) -> bool:
     if tuple(weights["layers.0.weight"].shape) != (8, 26) or tuple(weights["layers.1.weight"].shape) != (8, 8) \
             or tuple(weights["layers.2.weight"].shape) != (2, 8):
         return False
-    for t in (*params, *grads, *states):
-        if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
-            return False
-    return True
+    tensors = (*params, *grads, *states)
+    return {(t.device.type, t.dtype) for t in tensors} == {("cpu", dtype)} and all(t.is_contiguous() for t in tensors)
 
 
 def _c_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, inplace) -> FusedStep:
@@ -309,10 +303,10 @@ def _c_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, in
 
     ctl_in = torch.zeros(nt, 3, dtype=torch.float64)
     if hyper is not None:
-        ctl_in[:, 0] = torch.cat([t.detach().reshape(1) for t in hyper.log_step]).to("cpu", torch.float64)
+        ctl_in[:, 0] = torch.cat([t.view(1) for t in hyper.log_step]).to("cpu", torch.float64)
     if radial is not None:
-        ctl_in[:, 1] = torch.cat([t.detach().reshape(1) for t in radial.log_radial]).to("cpu", torch.float64)
-        ctl_in[:, 2] = torch.cat([t.detach().reshape(1) for t in radial.last_radial]).to("cpu", torch.float64)
+        ctl_in[:, 1] = torch.cat([t.view(1) for t in radial.log_radial]).to("cpu", torch.float64)
+        ctl_in[:, 2] = torch.cat([t.view(1) for t in radial.last_radial]).to("cpu", torch.float64)
     ctl_out = torch.empty_like(ctl_in)
     numel_t = torch.tensor(numel, dtype=torch.int64)
     zero_dim = torch.tensor([p.dim() == 0 for p in params], dtype=torch.int64)
@@ -323,7 +317,7 @@ def _c_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, in
     def per_tensor(column: int, old: list[Tensor]) -> list[Tensor]:
         values = ctl_out[:, column].to(dtype)
         if inplace:
-            torch._foreach_copy_(old, [v.reshape(t.shape) for v, t in zip(values, old)])
+            torch._foreach_copy_(list(old), list(values.unbind()))   # 0-d values broadcast into the keepdim shapes
             return list(old)
         return [v.reshape(t.shape) for v, t in zip(values.split(1), old)]
 
@@ -537,3 +531,62 @@ def celo_inputs(rule) -> tuple[dict[str, Tensor], CeloOptions, dict]:
     if rule.radial_gain > 0:
         controllers["radial"] = {"gain": rule.radial_gain, "range": rule.radial_range, "shrink": rule.hypergradient_shrink}
     return weights, options, controllers
+
+
+class FusedCeloOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim`` optimizer over :func:`fused_celo_step` (in place) for a ``NormalizedMLPOptimizer``
+    ``rule`` (e.g. ``learned_opt.load("celo")``): the rule's numbers at the fused step's cost.
+
+    State per parameter: the momenta and second moments, and with the controllers ``last_dir``
+    (parameter shape) and ``log_step``, ``log_radial``, ``last_radial`` (one value each, keepdim shape).
+    ``horizon``: as ``rule.init(params, horizon)``. One param group; every parameter gets a gradient each
+    step or none (a parameter without ``.grad`` is skipped, as torch's optimizers do)."""
+
+    def __init__(self, params, rule, horizon: int | None = None, backend: str = "auto"):
+        super().__init__(params, {})
+        if len(self.param_groups) != 1:
+            raise ValueError(f"FusedCeloOptimizer takes one param group, got {len(self.param_groups)}")
+        self.weights, self.options, ctl = celo_inputs(rule)
+        self.hyper_cfg, self.radial_cfg = ctl["hyper"], ctl["radial"]
+        self.horizon, self.backend, self.count = horizon, backend, 0
+
+    def _state(self, p: Tensor) -> dict:
+        st = self.state[p]
+        if not st:
+            o = self.options
+            st["momenta"] = [torch.zeros_like(p) for _ in o.decays]
+            st["rms"] = [torch.zeros_like(p) for _ in o.rms_decays]
+            keep = (1,) * p.dim()
+            if self.hyper_cfg:
+                st["log_step"], st["last_dir"] = p.new_zeros(keep), torch.zeros_like(p)
+            if self.radial_cfg:
+                st["log_radial"], st["last_radial"] = p.new_zeros(keep), p.new_zeros(keep)
+            st["step"] = 0
+        return st
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for p in self.param_groups[0]["params"] if p.grad is not None]
+        if not params:
+            return loss
+        states = [self._state(p) for p in params]
+        steps = {st["step"] for st in states}
+        if len(steps) != 1:
+            raise ValueError(f"parameters at different step counts {sorted(steps)}: give every one a gradient")
+        hyper = radial = None
+        if self.hyper_cfg:
+            hyper = Hyper([st["log_step"] for st in states], [st["last_dir"] for st in states], **self.hyper_cfg)
+        if self.radial_cfg:
+            radial = Radial([st["log_radial"] for st in states], [st["last_radial"] for st in states], **self.radial_cfg)
+        fused_celo_step(params, [p.grad for p in params],
+                        [[st["momenta"][i] for st in states] for i in range(len(self.options.decays))],
+                        [[st["rms"][i] for st in states] for i in range(len(self.options.rms_decays))],
+                        steps.pop(), self.horizon, self.weights, self.options, hyper, radial,
+                        inplace=True, backend=self.backend)
+        for st in states:
+            st["step"] += 1
+        return loss

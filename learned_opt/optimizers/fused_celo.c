@@ -29,6 +29,16 @@
 #define BLOCK 256
 #define EPS 1e-20
 
+#ifdef CELO_PROFILE   /* seconds spent in each pass, summed: celo_profile() reads them */
+#include <time.h>
+static double prof_t[4], prof_last;
+static double now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + 1e-9 * ts.tv_nsec; }
+#define PROF(k) { double t_ = now(); if (k) prof_t[k - 1] += t_ - prof_last; prof_last = t_; }
+void celo_profile(double *out) { for (int k = 0; k < 4; k++) { out[k] = prof_t[k]; prof_t[k] = 0; } }
+#else
+#define PROF(k)
+#endif
+
 /* cfg layout (doubles) */
 enum {
     C_DECAY = 0, C_RMS = C_DECAY + NDECAY, C_TIME = C_RMS + NRMS, C_SCALE = C_TIME + NTIME, C_WDECAY, C_HAS_WD,
@@ -46,6 +56,10 @@ int celo_layout(int64_t *out) {
     return 0;
 }
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 static double clampd(double x, double lo, double hi) { return x < lo ? lo : (x > hi ? hi : x); }
 static double signd(double x) { return (x > 0) - (x < 0); }
 
@@ -62,19 +76,106 @@ static double signd(double x) { return (x > 0) - (x < 0); }
 
 #else  /* the body, once per SCALAR */
 
-/* the momenta, second moments and features of coordinate i: shared by passes 1 and 2 */
+/* LANES coordinates at a time in a GCC vector (32 bytes: 8 floats or 4 doubles); sums in vectors */
+#define LANES (32 / (int)sizeof(SCALAR))
+typedef SCALAR FN(vec) __attribute__((vector_size(32)));
+typedef __typeof__(((FN(vec)){0}) > 0) FN(mask);
+#define VEC FN(vec)
+
+static inline VEC FN(load)(const SCALAR *p) { VEC v; __builtin_memcpy(&v, p, sizeof v); return v; }
+static inline void FN(store)(SCALAR *p, VEC v) { __builtin_memcpy(p, &v, sizeof v); }
+static inline VEC FN(relu)(VEC a) { return (VEC)((FN(mask))a & (a > 0)); }
+static inline VEC FN(rsqrt)(VEC a) {   /* 1 / sqrt(a), exactly rounded as the scalar expression */
+#if defined(__AVX__)
+    if (sizeof(SCALAR) == 4) { __m256 r; __builtin_memcpy(&r, &a, 32); r = _mm256_sqrt_ps(r); VEC q; __builtin_memcpy(&q, &r, 32); return 1 / q; }
+    else { __m256d r; __builtin_memcpy(&r, &a, 32); r = _mm256_sqrt_pd(r); VEC q; __builtin_memcpy(&q, &r, 32); return 1 / q; }
+#else
+    VEC q;
+    for (int l = 0; l < LANES; l++) q[l] = (SCALAR)sqrt(a[l]);
+    return 1 / q;
+#endif
+}
+
+/* the new momenta (mi), second moments (vi) and raw features (x) of LANES coordinates from i */
 #define FEATURES(i)                                                                              \
-    const SCALAR gi = g[i], wi = w[i];                                                          \
-    SCALAR mi[NDECAY], vi[NRMS], x[NFEAT];                                                      \
-    for (int k = 0; k < NDECAY; k++) mi[k] = dec[k] * m[k][i] + omd[k] * gi;                     \
-    for (int k = 0; k < NRMS; k++) vi[k] = rdec[k] * v[k][i] + omr[k] * gi * gi;                 \
+    const VEC gi = FN(load)(g + (i)), wi = FN(load)(w + (i));                                   \
+    VEC mi[NDECAY], vi[NRMS], x[NFEAT];                                                         \
+    for (int k = 0; k < NDECAY; k++) mi[k] = dec[k] * FN(load)(m[k] + (i)) + omd[k] * gi;        \
+    for (int k = 0; k < NRMS; k++) vi[k] = rdec[k] * FN(load)(v[k] + (i)) + omr[k] * gi * gi;    \
     x[0] = gi; x[1] = wi;                                                                       \
     for (int k = 0; k < NDECAY; k++) x[2 + k] = mi[k];                                          \
     for (int b = 0; b < NRMS; b++) {                                                            \
-        const SCALAR inv = (SCALAR)1 / sqrt(vi[b] + (SCALAR)EPS);                                \
+        const VEC inv = FN(rsqrt)(vi[b] + (SCALAR)EPS);                                         \
         x[2 + NDECAY + b * (1 + NDECAY)] = gi * inv;                                            \
         for (int k = 0; k < NDECAY; k++) x[3 + NDECAY + b * (1 + NDECAY) + k] = mi[k] * inv;     \
     }
+
+/* a tail of fewer than LANES coordinates goes through the same code on zero-padded copies */
+typedef struct { SCALAR g[8], w[8], m[NDECAY][8], v[NRMS][8], last[8]; } FN(tail);
+
+#define BLOCKV (BLOCK / LANES)
+
+/* pass 1 over nvec vectors from coordinate 0 of the given pointers: adds the sums into tot */
+static void FN(pass1)(int64_t nvec, const SCALAR *g, const SCALAR *w, const SCALAR *const *m, const SCALAR *const *v,
+                      const SCALAR *last, const SCALAR *dec, const SCALAR *omd, const SCALAR *rdec, const SCALAR *omr,
+                      double *tot) {
+    for (int64_t b0 = 0; b0 < nvec; b0 += BLOCKV) {
+        const int64_t b1 = b0 + BLOCKV < nvec ? b0 + BLOCKV : nvec;
+        VEC s[NFEAT + 3];
+        for (int f = 0; f < NFEAT + 3; f++) s[f] = (VEC){0};
+        for (int64_t q = b0; q < b1; q++) {
+            FEATURES(q * LANES)
+            for (int f = 0; f < NFEAT; f++) s[f] += x[f] * x[f];
+            const VEC li = FN(load)(last + q * LANES);
+            s[NFEAT] += gi * li; s[NFEAT + 1] += li * li; s[NFEAT + 2] += gi * wi;
+        }
+        for (int f = 0; f < NFEAT + 3; f++)
+            for (int l = 0; l < LANES; l++) tot[f] += s[f][l];
+    }
+}
+
+/* the folded weights, each broadcast to a vector once per tensor (an FMA then reads it from L1 directly) */
+typedef struct { VEC W1[NFEAT][H1], B1[H1], W2[H1][H2], B2[H2], W3[2][H2], SK[NFEAT], C0, C1; } FN(mlp);
+
+/* pass 2 over nvec vectors: new momenta and second moments, the direction d; adds the sums of d^2, of the
+   magnitude output and of d * w (lanes weighted by valid) into sums */
+static void FN(pass2)(int64_t nvec, const SCALAR *g, const SCALAR *w, const SCALAR *const *m, const SCALAR *const *v,
+                      SCALAR *const *m_out, SCALAR *const *v_out, SCALAR *dbuf, const FN(mlp) *net,
+                      const SCALAR *dec, const SCALAR *omd, const SCALAR *rdec, const SCALAR *omr, VEC valid,
+                      double *sums) {
+    for (int64_t b0 = 0; b0 < nvec; b0 += BLOCKV) {
+        const int64_t b1 = b0 + BLOCKV < nvec ? b0 + BLOCKV : nvec;
+        VEC sdd = {0}, smag = {0}, sdw = {0};
+        for (int64_t q = b0; q < b1; q++) {
+            const int64_t i = q * LANES;
+            FEATURES(i)
+            for (int k = 0; k < NDECAY; k++) FN(store)(m_out[k] + i, mi[k]);
+            for (int k = 0; k < NRMS; k++) FN(store)(v_out[k] + i, vi[k]);
+            /* feature-major: 8 accumulators in registers, each feature broadcast against its column */
+            VEC h1[H1], h2[H2], d = {0};
+            for (int j = 0; j < H1; j++) h1[j] = net->B1[j];
+            for (int f = 0; f < NFEAT; f++) {
+                const VEC xf = x[f];
+                for (int j = 0; j < H1; j++) h1[j] += net->W1[f][j] * xf;
+                d += net->SK[f] * xf;
+            }
+            for (int j = 0; j < H1; j++) h1[j] = FN(relu)(h1[j]);
+            for (int j = 0; j < H2; j++) h2[j] = net->B2[j];
+            for (int k = 0; k < H1; k++)
+                for (int j = 0; j < H2; j++) h2[j] += net->W2[k][j] * h1[k];
+            VEC o1 = net->C1;
+            d += net->C0;
+            for (int k = 0; k < H2; k++) {
+                const VEC hk = FN(relu)(h2[k]);
+                d += net->W3[0][k] * hk; o1 += net->W3[1][k] * hk;
+            }
+            FN(store)(dbuf + i, d);
+            const VEC dv = d * valid;
+            sdd += dv * d; smag += o1 * valid; sdw += dv * wi;
+        }
+        for (int l = 0; l < LANES; l++) { sums[0] += sdd[l]; sums[1] += smag[l]; sums[2] += sdw[l]; }
+    }
+}
 
 static void FN(one_tensor)(int64_t n, int zero_dim, SCALAR **p, const double *cfg, const double *wt,
                            const double *ctl_in, double *ctl_out) {
@@ -92,74 +193,68 @@ static void FN(one_tensor)(int64_t n, int zero_dim, SCALAR **p, const double *cf
         rdec[k] = (SCALAR)cfg[C_RMS + k]; omr[k] = (SCALAR)(1 - cfg[C_RMS + k]);
     }
     const int hyper = cfg[C_HYPER] != 0, radial = cfg[C_RADIAL] != 0 && !zero_dim;
+    const int64_t nvec = n / LANES, done = nvec * LANES, rem = n - done;
+
+    /* the tail: zero-padded copies (zeros add nothing to pass 1's sums; pass 2 weights its lanes) */
+    FN(tail) t;
+    __builtin_memset(&t, 0, sizeof t);
+    const SCALAR *tm[NDECAY], *tv[NRMS];
+    SCALAR *tm_out[NDECAY], *tv_out[NRMS], tdbuf[8];
+    VEC valid_tail, ones;
+    for (int l = 0; l < LANES; l++) { valid_tail[l] = l < rem; ones[l] = 1; }
+    for (int64_t r = 0; r < rem; r++) {
+        t.g[r] = g[done + r]; t.w[r] = w[done + r]; t.last[r] = last[done + r];
+        for (int k = 0; k < NDECAY; k++) t.m[k][r] = m[k][done + r];
+        for (int k = 0; k < NRMS; k++) t.v[k][r] = v[k][done + r];
+    }
+    for (int k = 0; k < NDECAY; k++) tm[k] = tm_out[k] = t.m[k];
+    for (int k = 0; k < NRMS; k++) tv[k] = tv_out[k] = t.v[k];
 
     /* pass 1: sums of the squared features (and the controllers' dot products) */
+    PROF(0)
     double tot[NFEAT + 3] = {0};
-    for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
-        const int64_t i1 = i0 + BLOCK < n ? i0 + BLOCK : n;
-        SCALAR s[NFEAT + 3];
-        for (int f = 0; f < NFEAT + 3; f++) s[f] = 0;
-        #pragma omp simd reduction(+:s[:NFEAT + 3])
-        for (int64_t i = i0; i < i1; i++) {
-            FEATURES(i)
-            for (int f = 0; f < NFEAT; f++) s[f] += x[f] * x[f];
-            const SCALAR li = last[i];   /* g itself without the hypergradient: unused */
-            s[NFEAT] += gi * li; s[NFEAT + 1] += li * li; s[NFEAT + 2] += gi * wi;
-        }
-        for (int f = 0; f < NFEAT + 3; f++) tot[f] += s[f];
-    }
+    FN(pass1)(nvec, g, w, m, v, last, dec, omd, rdec, omr, tot);
+    if (rem) FN(pass1)(1, t.g, t.w, tm, tv, t.last, dec, omd, rdec, omr, tot);
 
     /* fold 1 / RMS of each feature into the first layer and the skip, the time features into the biases */
     const double *tf = cfg + C_TIME;
-    SCALAR W1[H1][NFEAT], B1[H1], W2[H2][H1], B2[H2], W3[2][H2], SK[NFEAT], C0, C1;
+    FN(mlp) net;
     double inv_rms[NFEAT];
     const double count = n > 0 ? (double)n : 1;   /* an empty tensor: no coordinates, finite scalars */
     for (int f = 0; f < NFEAT; f++) inv_rms[f] = 1 / sqrt(tot[f] / count + EPS);
     for (int j = 0; j < H1; j++) {
         double b = wt[O_B1 + j];
-        for (int t = 0; t < NTIME; t++) b += wt[O_W1 + j * NIN + NFEAT + t] * tf[t];
-        B1[j] = (SCALAR)b;
-        for (int f = 0; f < NFEAT; f++) W1[j][f] = (SCALAR)(wt[O_W1 + j * NIN + f] * inv_rms[f]);
+        for (int k = 0; k < NTIME; k++) b += wt[O_W1 + j * NIN + NFEAT + k] * tf[k];
+        net.B1[j] = (VEC){0} + (SCALAR)b;
+        for (int f = 0; f < NFEAT; f++) net.W1[f][j] = (VEC){0} + (SCALAR)(wt[O_W1 + j * NIN + f] * inv_rms[f]);
     }
     for (int j = 0; j < H2; j++) {
-        B2[j] = (SCALAR)wt[O_B2 + j];
-        for (int k = 0; k < H1; k++) W2[j][k] = (SCALAR)wt[O_W2 + j * H1 + k];
+        net.B2[j] = (VEC){0} + (SCALAR)wt[O_B2 + j];
+        for (int k = 0; k < H1; k++) net.W2[k][j] = (VEC){0} + (SCALAR)wt[O_W2 + j * H1 + k];
     }
-    for (int k = 0; k < H2; k++) { W3[0][k] = (SCALAR)wt[O_W3 + k]; W3[1][k] = (SCALAR)wt[O_W3 + H2 + k]; }
+    for (int k = 0; k < H2; k++) {
+        net.W3[0][k] = (VEC){0} + (SCALAR)wt[O_W3 + k];
+        net.W3[1][k] = (VEC){0} + (SCALAR)wt[O_W3 + H2 + k];
+    }
     double c0 = wt[O_B3];
-    for (int t = 0; t < NTIME; t++) c0 += wt[O_SKIP + NFEAT + t] * tf[t];
-    C0 = (SCALAR)c0; C1 = (SCALAR)wt[O_B3 + 1];
-    for (int f = 0; f < NFEAT; f++) SK[f] = (SCALAR)(wt[O_SKIP + f] * inv_rms[f]);
+    for (int k = 0; k < NTIME; k++) c0 += wt[O_SKIP + NFEAT + k] * tf[k];
+    net.C0 = (VEC){0} + (SCALAR)c0; net.C1 = (VEC){0} + (SCALAR)wt[O_B3 + 1];
+    for (int f = 0; f < NFEAT; f++) net.SK[f] = (VEC){0} + (SCALAR)(wt[O_SKIP + f] * inv_rms[f]);
 
     /* pass 2: new momenta and second moments, the MLP, the direction */
-    double dd = 0, mag_sum = 0, dw = 0;
-    for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
-        const int64_t i1 = i0 + BLOCK < n ? i0 + BLOCK : n;
-        SCALAR sdd = 0, smag = 0, sdw = 0;
-        #pragma omp simd reduction(+:sdd, smag, sdw)
-        for (int64_t i = i0; i < i1; i++) {
-            FEATURES(i)
-            for (int k = 0; k < NDECAY; k++) m_out[k][i] = mi[k];
-            for (int k = 0; k < NRMS; k++) v_out[k][i] = vi[k];
-            SCALAR h1[H1], h2[H2];
-            for (int j = 0; j < H1; j++) {
-                SCALAR a = B1[j];
-                for (int f = 0; f < NFEAT; f++) a += W1[j][f] * x[f];
-                h1[j] = a > 0 ? a : 0;
-            }
-            for (int j = 0; j < H2; j++) {
-                SCALAR a = B2[j];
-                for (int k = 0; k < H1; k++) a += W2[j][k] * h1[k];
-                h2[j] = a > 0 ? a : 0;
-            }
-            SCALAR d = C0, o1 = C1;
-            for (int k = 0; k < H2; k++) { d += W3[0][k] * h2[k]; o1 += W3[1][k] * h2[k]; }
-            for (int f = 0; f < NFEAT; f++) d += SK[f] * x[f];
-            dbuf[i] = d;
-            sdd += d * d; smag += o1; sdw += d * wi;
+    PROF(1)
+    double sums[3] = {0};
+    FN(pass2)(nvec, g, w, m, v, m_out, v_out, dbuf, &net, dec, omd, rdec, omr, ones, sums);
+    if (rem) {
+        FN(pass2)(1, t.g, t.w, tm, tv, tm_out, tv_out, tdbuf, &net, dec, omd, rdec, omr, valid_tail, sums);
+        for (int64_t r = 0; r < rem; r++) {
+            dbuf[done + r] = tdbuf[r];
+            for (int k = 0; k < NDECAY; k++) m_out[k][done + r] = t.m[k][r];
+            for (int k = 0; k < NRMS; k++) v_out[k][done + r] = t.v[k][r];
         }
-        dd += sdd; mag_sum += smag; dw += sdw;
     }
+    const double dd = sums[0], mag_sum = sums[1], dw = sums[2];
+    PROF(2)
 
     /* per tensor: u = a * d + b * w */
     double a = cfg[C_OUTPUT_NORM] != 0 ? 1 / sqrt(dd / count + EPS) : 1;
@@ -206,6 +301,7 @@ static void FN(one_tensor)(int64_t n, int zero_dim, SCALAR **p, const double *cf
             w_out[i] = (has_wd ? wi * WD : wi) - S * u;
         }
     }
+    PROF(3)
 }
 
 int FN(celo_step)(int64_t nt, const int64_t *numel, const int64_t *zero_dim, SCALAR **ptrs, const double *cfg,
@@ -216,4 +312,7 @@ int FN(celo_step)(int64_t nt, const int64_t *numel, const int64_t *zero_dim, SCA
 }
 
 #undef FEATURES
+#undef VEC
+#undef LANES
+#undef BLOCKV
 #endif
