@@ -182,12 +182,14 @@ static void FN(pass2)(int64_t nvec, const SCALAR *g, const SCALAR *w, const SCAL
             for (int j = 0; j < H2; j++) h2[j] = net->B2[j];
             for (int k = 0; k < H1; k++)
                 for (int j = 0; j < H2; j++) h2[j] += net->W2[k][j] * h1[k];
-            VEC o1 = net->C1;
-            d += net->C0;
-            for (int k = 0; k < H2; k++) {
-                const VEC hk = FN(relu)(h2[k]);
+            /* the last layer in two chains per output (shorter dependency chains) */
+            VEC o1 = net->C1, o1b = {0}, db = net->C0;
+            for (int k = 0; k < H2; k += 2) {
+                const VEC hk = FN(relu)(h2[k]), hl = FN(relu)(h2[k + 1]);
                 d += net->W3[0][k] * hk; o1 += net->W3[1][k] * hk;
+                db += net->W3[0][k + 1] * hl; o1b += net->W3[1][k + 1] * hl;
             }
+            d += db; o1 += o1b;
             FN(store)(dbuf + i, d);
             const VEC dv = d * valid;
             sdd += dv * d; smag += o1 * valid; sdw += dv * wi;
