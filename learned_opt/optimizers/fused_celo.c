@@ -84,7 +84,18 @@ typedef __typeof__(((FN(vec)){0}) > 0) FN(mask);
 
 static inline VEC FN(load)(const SCALAR *p) { VEC v; __builtin_memcpy(&v, p, sizeof v); return v; }
 static inline void FN(store)(SCALAR *p, VEC v) { __builtin_memcpy(p, &v, sizeof v); }
-static inline VEC FN(relu)(VEC a) { return (VEC)((FN(mask))a & (a > 0)); }
+static inline VEC FN(relu)(VEC a) {   /* max(a, 0); a NaN gives 0 */
+#if defined(__AVX__)
+    if (sizeof(SCALAR) == 4) {
+        __m256 r; __builtin_memcpy(&r, &a, 32); r = _mm256_max_ps(r, _mm256_setzero_ps()); __builtin_memcpy(&a, &r, 32);
+    } else {
+        __m256d r; __builtin_memcpy(&r, &a, 32); r = _mm256_max_pd(r, _mm256_setzero_pd()); __builtin_memcpy(&a, &r, 32);
+    }
+    return a;
+#else
+    return (VEC)((FN(mask))a & (a > 0));
+#endif
+}
 /* 1 / sqrt(a): in double, the correctly rounded sqrt and division; in float with AVX, the hardware's 12-bit
    estimate and one Newton step (relative error about 2e-7, a few float32 ulps; a third of the cost) */
 static inline VEC FN(rsqrt)(VEC a) {
