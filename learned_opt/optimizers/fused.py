@@ -59,7 +59,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CeloOptions", "Hyper", "Radial", "FusedStep", "FusedCeloOptimizer", "fused_celo_step", "celo_inputs", "kernel_available",
+__all__ = ["CeloOptions", "Hyper", "Radial", "FusedStep", "FusedCeloOptimizer", "fused_celo_step", "celo_inputs",
+           "kernel_available", "pack_weights",
            "BACKENDS", "CHUNK"]
 
 EPS = 1e-20                 # as in normalized.py: every normalisation
@@ -161,12 +162,18 @@ def _check(params, grads, momenta, rms, weights, options, hyper, radial, backend
         raise ValueError(f"radial: range={radial.range} must be > 0, gain={radial.gain} >= 0, shrink={radial.shrink} > 0")
 
 
+_INV_TIMESCALES: dict[tuple[float, ...], list[float]] = {}
+
+
 def _time_features(step: int, horizon: int | None, timescales: Sequence[float]) -> list[float]:
     """``[tanh(step / s)..., min(step / horizon, 1), 1]`` (``[..., 0, 0]`` without a horizon), as floats.
     ``1 / s`` is rounded to float32 first, as the rule's ``inv_timescales`` buffer is made."""
-    inv = torch.tensor([1.0 / s for s in timescales], dtype=torch.float32).to(torch.float64)
+    key = tuple(timescales)
+    inv = _INV_TIMESCALES.get(key)
+    if inv is None:
+        inv = _INV_TIMESCALES[key] = torch.tensor([1.0 / s for s in key], dtype=torch.float32).tolist()
     frac = [min(step / horizon, 1.0), 1.0] if horizon else [0.0, 0.0]
-    return torch.tanh(inv * step).tolist() + frac
+    return [math.tanh(i * step) for i in inv] + frac
 
 
 def _scalar(x: Tensor | float) -> float:
@@ -250,6 +257,18 @@ def kernel_available() -> tuple[bool, str]:
     return lib is not None, "" if lib is not None else (_lib_error or "unknown")
 
 
+_PACKED = "_packed_float64"   # pack_weights' key: the C kernel's weights, flattened once
+
+
+def pack_weights(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``weights`` plus the C kernel's float64 copy of them, so that repeated calls of :func:`fused_celo_step`
+    with the same (unchanged) weights skip that copy; make it again after the weights change."""
+    out = dict(weights)
+    out.pop(_PACKED, None)
+    out[_PACKED] = torch.cat([out[k].detach().reshape(-1).to(device="cpu", dtype=torch.float64) for k in WEIGHT_NAMES])
+    return out
+
+
 def _kernel_applies(params, grads, states, weights, options) -> bool:
     """Whether the C kernel serves this call: CPU, float32 or float64 throughout, contiguous, shipped architecture."""
     if not params:
@@ -281,7 +300,9 @@ def _c_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, in
         cfg += [0.0, 0.0, 0.0, 0.0, 1.0]
     cfg += [1.0, radial.gain, radial.range, radial.shrink] if radial is not None else [0.0, 0.0, 1.0, 1.0]
     cfg_t = torch.tensor(cfg, dtype=torch.float64)
-    wt = torch.cat([weights[k].detach().reshape(-1).to(device="cpu", dtype=torch.float64) for k in WEIGHT_NAMES])
+    wt = weights.get(_PACKED)
+    if wt is None:
+        wt = torch.cat([weights[k].detach().reshape(-1).to(device="cpu", dtype=torch.float64) for k in WEIGHT_NAMES])
 
     def fresh(ts):
         return list(ts) if inplace else [torch.empty_like(t) for t in ts]
@@ -469,7 +490,8 @@ def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: 
         step: the number of updates made before this one (``state["step"]``); ``horizon``: the one given
             to ``init`` (or ``None``).
         weights: the rule's meta-parameters by name: ``layers.{i}.weight``/``bias``, ``skip``,
-            ``log_scale`` (``NormalizedMLPOptimizer.state_dict()`` has them; :func:`celo_inputs`).
+            ``log_scale`` (``NormalizedMLPOptimizer.state_dict()`` has them; :func:`celo_inputs`); through
+            :func:`pack_weights` once for many calls with the same weights.
         options: the core's options. ``hyper``, ``radial``: the controllers with their per-tensor state
             (module docstring), or ``None`` where the rule has none.
         inplace: write the results into the given params and state tensors (and return them); otherwise
@@ -546,7 +568,8 @@ class FusedCeloOptimizer(torch.optim.Optimizer):
         super().__init__(params, {})
         if len(self.param_groups) != 1:
             raise ValueError(f"FusedCeloOptimizer takes one param group, got {len(self.param_groups)}")
-        self.weights, self.options, ctl = celo_inputs(rule)
+        weights, self.options, ctl = celo_inputs(rule)
+        self.weights = pack_weights(weights)   # a snapshot: the rule's meta-parameters as they are now
         self.hyper_cfg, self.radial_cfg = ctl["hyper"], ctl["radial"]
         self.horizon, self.backend, self.count = horizon, backend, 0
 
