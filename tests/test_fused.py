@@ -1,7 +1,8 @@
 """The fused celo step against the rule's own differentiable ``update``, for every shipped celo file.
 
 From the same (params, grads, state), one step of :func:`fused_celo_step` (the C kernel and the torch
-formulation) gives the step, the state and the controllers' state of ``NormalizedMLPOptimizer.update``:
+formulation) gives the step, the state and the controllers' state of the rule's differentiable update (the
+core and its controllers, run with grad enabled so that ``update`` does not take the fused step itself):
 to 1e-5 relative in float32 (plus the rounding of ``w - step`` itself, a few ulps of ``w``) and 1e-10
 in float64, on MLP, conv and transformer-shaped tensors (0-d and 1-d included), at the first step and at
 later ones (controllers active). A 200-step run of each path from the same start stays within 1e-3.
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 import learned_opt
+from learned_opt.optimizers import Celo, Controlled
 from learned_opt.optimizers.fused import (CeloOptions, Hyper, Radial, celo_inputs, fused_celo_step,
                                           kernel_available)
 
@@ -30,23 +32,29 @@ def shapes() -> dict[str, tuple[int, ...]]:
             "scalar": (), "one": (1,)}
 
 
-def per_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A per-tensor value stored repeated at full shape (today's ``update``) -> its keepdim-shaped value."""
-    return t.reshape(-1)[:1].reshape((1,) * t.dim()).clone() if t.dim() else t.clone()
+def core(rule):
+    return rule.core if isinstance(rule, Controlled) else rule
+
+
+def reference_update(rule, grads, state, params):
+    """The rule's differentiable update: with grad enabled ``update`` never takes the fused step."""
+    with torch.enable_grad():
+        new, new_state = rule.update(grads, state, params)
+    return {k: v.detach() for k, v in new.items()}, new_state
 
 
 def fused_args(rule, state: dict, names: list[str]):
-    """Today's full-shape state of ``rule`` -> the fused step's lists (the per-tensor layout)."""
+    """The rule's state -> the fused step's lists (the same per-tensor layout)."""
     weights, options, ctl = celo_inputs(rule)
-    momenta = [[state[k][n] for n in names] for k in rule.momentum_keys]
-    rms = [[state[k][n] for n in names] for k in rule.rms_keys]
+    momenta = [[state[k][n] for n in names] for k in core(rule).momentum_keys]
+    rms = [[state[k][n] for n in names] for k in core(rule).rms_keys]
     hyper = radial = None
     if ctl["hyper"]:
-        hyper = Hyper([per_tensor(state["log_step"][n]) for n in names], [state["last_dir"][n] for n in names],
-                      **ctl["hyper"])
+        hyper = Hyper([state["hypergradient.log_step"][n] for n in names],
+                      [state["hypergradient.last_dir"][n] for n in names], **ctl["hyper"])
     if ctl["radial"]:
-        radial = Radial([per_tensor(state["log_radial"][n]) for n in names],
-                        [per_tensor(state["last_radial"][n]) for n in names], **ctl["radial"])
+        radial = Radial([state["radial.log_radial"][n] for n in names],
+                        [state["radial.last_radial"][n] for n in names], **ctl["radial"])
     return momenta, rms, weights, options, hyper, radial
 
 
@@ -62,8 +70,7 @@ def check_step(rule, params, grads, state, backend, rtol):
     """One step of both paths from the same (params, grads, state): steps, momenta, second moments and
     the controllers' state agree."""
     names = list(params)
-    with torch.no_grad():
-        new_params, new_state = rule.update(grads, state, params)
+    new_params, new_state = reference_update(rule, grads, state, params)
     momenta, rms, weights, options, hyper, radial = fused_args(rule, state, names)
     out = fused_celo_step([params[n] for n in names], [grads[n] for n in names], momenta, rms, state["step"],
                           state.get("horizon"), weights, options, hyper, radial, backend=backend)
@@ -72,21 +79,22 @@ def check_step(rule, params, grads, state, backend, rtol):
         ulp = ULPS * torch.finfo(params[n].dtype).eps * params[n].abs()
         excess = ((got - want).abs() - ulp).clamp_min(0)
         assert_close(want + excess, want, rtol, f"step of {n}")
-        for j, key in enumerate(rule.momentum_keys):
+        for j, key in enumerate(core(rule).momentum_keys):
             assert_close(out.momenta[j][i], new_state[key][n], rtol, f"{key} of {n}")
-        for j, key in enumerate(rule.rms_keys):
+        for j, key in enumerate(core(rule).rms_keys):
             assert_close(out.rms[j][i], new_state[key][n], rtol, f"{key} of {n}")
         if hyper is not None:
             assert out.hyper.log_step[i].shape == (1,) * params[n].dim()
-            assert_close(out.hyper.log_step[i], per_tensor(new_state["log_step"][n]), rtol, f"log_step of {n}",
+            assert_close(out.hyper.log_step[i], new_state["hypergradient.log_step"][n], rtol, f"log_step of {n}",
                          log=True)
-            assert_close(out.hyper.last_dir[i], new_state["last_dir"][n], rtol, f"last_dir of {n}")
+            assert_close(out.hyper.last_dir[i], new_state["hypergradient.last_dir"][n], rtol, f"last_dir of {n}")
         if radial is not None:
-            assert_close(out.radial.log_radial[i], per_tensor(new_state["log_radial"][n]), rtol,
+            assert_close(out.radial.log_radial[i], new_state["radial.log_radial"][n], rtol,
                          f"log_radial of {n}", log=True)
-            # c = <u, w_hat>, u of RMS about 1: compared at the scale of |u| = sqrt(n), as it moves the step
-            c_want = per_tensor(new_state["last_radial"][n])
-            err = (out.radial.last_radial[i] - c_want).abs().max().item() / max(params[n].numel(), 1) ** 0.5
+            # c = <s, w_hat>, s of RMS about the step size: compared at the scale of |s|, as it moves the step
+            c_want = new_state["radial.last_radial"][n]
+            step_rms = float((params[n] - new_params[n]).pow(2).mean().sqrt()) if params[n].dim() else 1.0
+            err = (out.radial.last_radial[i] - c_want).abs().max().item() / (step_rms * max(params[n].numel(), 1) ** 0.5)
             assert err <= rtol, f"last_radial of {n}: error {err:.2e} > {rtol:.0e} of |u|"
     return new_params, new_state
 
@@ -116,7 +124,7 @@ def test_inplace_writes_the_same_numbers_into_the_given_tensors(backend):
     state = rule.init(params, horizon=20)
     grads = {n: torch.randn(p.shape, generator=g) for n, p in params.items()}
     for _ in range(2):
-        params, state = rule.update(grads, state, params)
+        params, state = reference_update(rule, grads, state, params)
     args = fused_args(rule, state, names)
     before = [t.clone() for t in [*params.values(), *args[0][0], *args[4].last_dir]]
     pure = fused_celo_step([params[n] for n in names], [grads[n] for n in names], *args[:2], state["step"], 20,
@@ -164,8 +172,7 @@ def run_both(rule, names, start, grads_at, steps, backend):
     momenta, rms, weights, options, hyper, radial = fused_args(rule, state, names)
     for t in range(steps):
         gr = grads_at([ref[n] for n in names], t)
-        with torch.no_grad():
-            ref, state = rule.update(dict(zip(names, gr)), state, ref)
+        ref, state = reference_update(rule, dict(zip(names, gr)), state, ref)
         out = fused_celo_step(fused, grads_at(fused, t), momenta, rms, t, steps, weights, options, hyper, radial,
                               inplace=True, backend=backend)
         momenta, rms, hyper, radial = out.momenta, out.rms, out.hyper, out.radial
@@ -233,17 +240,17 @@ def test_bad_input_is_rejected_with_the_field_named():
     with pytest.raises(ValueError, match="backend='c' cannot serve"):
         fused_celo_step([params["w"].half()], [torch.randn(4, 3).half()], half, [[t.half() for t in group] for group in rms],
                         0, None, weights, options, backend="c")
-    from learned_opt.optimizers import NormalizedMLPOptimizer
-    with pytest.raises(ValueError, match="orthogonalize"):
-        celo_inputs(NormalizedMLPOptimizer(orthogonalize=True))
+    with pytest.raises(ValueError, match="controllers \\['snr'"):
+        celo_inputs(Controlled(Celo(), [{"name": "snr"}]))
+    with pytest.raises(ValueError, match="momentum"):
+        celo_inputs(Controlled(Celo(), [{"name": "hypergradient", "momentum": 0.5}]))
 
 
 def test_other_architectures_take_the_torch_formulation():
     """Options the C kernel is not built for (3 decays, one hidden layer) still give update's numbers."""
-    from learned_opt.optimizers import NormalizedMLPOptimizer
     torch.manual_seed(0)
-    rule = NormalizedMLPOptimizer(hidden_sizes=(6,), decays=(0.5, 0.9, 0.99), rms_decays=(0.999,),
-                                  step_timescales=(10, 100), weight_decay=0.1, magnitude_log_range=2.0).double()
+    rule = Celo(hidden_sizes=(6,), decays=(0.5, 0.9, 0.99), rms_decays=(0.999,), step_timescales=(10, 100),
+                weight_decay=0.1).double()
     g = torch.Generator().manual_seed(0)
     params = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in shapes().items()}
     state = rule.init(params, horizon=10)
@@ -264,3 +271,36 @@ def test_fused_step_on_cuda_matches_update(name):
     for _ in range(4):
         grads = {n: 1e-2 * torch.randn(p.shape, generator=g, device="cuda") + 3e-3 * p for n, p in params.items()}
         params, state = check_step(rule, params, grads, state, "auto", 1e-5)
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_update_under_no_grad_takes_the_fused_step_and_gives_the_same_numbers(name, dtype, monkeypatch):
+    """What evaluation and the torch.optim adapter run: ``rule.update`` under ``no_grad`` goes through the
+    fused step (where the C kernel serves it) and agrees with the differentiable path; ``LEARNED_OPT_FUSED=off``
+    turns it off."""
+    import learned_opt.optimizers.fused as F
+    rule = learned_opt.load(name).to(dtype)
+    g = torch.Generator().manual_seed(2)
+    params = {n: torch.randn(s, generator=g, dtype=dtype) for n, s in shapes().items()}
+    state = rule.init(params, horizon=30)
+    calls = []
+    real = F.fused_celo_step
+    monkeypatch.setattr(F, "fused_celo_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(4):
+        grads = {n: 1e-2 * torch.randn(p.shape, generator=g, dtype=dtype) + 3e-3 * p for n, p in params.items()}
+        want, want_state = reference_update(rule, grads, state, params)
+        with torch.no_grad():
+            got, got_state = rule.update(grads, state, params)
+        for n in params:
+            assert_close(params[n] - got[n] + (params[n] - want[n]) * 0, params[n] - want[n],
+                         RTOL[dtype] + ULPS * torch.finfo(dtype).eps * float(params[n].abs().max() /
+                                                                               (params[n] - want[n]).abs().max()),
+                         f"step of {n}")
+        assert got_state.keys() == want_state.keys()
+        params, state = want, want_state
+    assert len(calls) == (4 if KERNEL else 0)
+    monkeypatch.setenv("LEARNED_OPT_FUSED", "off")
+    with torch.no_grad():
+        rule.update(grads, state, params)
+    assert len(calls) == (4 if KERNEL else 0)

@@ -38,6 +38,11 @@ under ``torch.func.vmap`` over stacked meta-parameters through ``torch.func.func
 evolution-strategies estimators call :meth:`Celo.update_members` instead (under ``no_grad``): the member
 dim first and per-member MLP weights in batched matmuls, about 1.5x faster than ``vmap`` on CPU.
 Meta-parameters are cast to the features' dtype.
+
+Applying the rule without a meta-gradient (under ``torch.no_grad``: evaluation, the ``torch.optim``
+adapter), ``update`` takes the fused step of :mod:`.fused` where it applies (contiguous float32/float64 CPU
+tensors, the shipped architecture): the same numbers (``tests/test_fused.py``) without the per-coordinate
+feature tensors, at a few times Adam's cost. ``LEARNED_OPT_FUSED=off`` turns it off.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ from torch import Tensor, nn
 from baselines.base import Params, State, check_keys, check_range
 from baselines.checks import boolean, check_int
 
+from . import fused
 from .batched import linear
 from .features import momentum_key, reduce_dims, rms_key, second_moment_normalize
 from .rule import LearnedRule
@@ -310,5 +316,9 @@ class Celo(LearnedRule):
         return steps, new_state
 
     def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        if self._members is None and self.population_dim is None and not torch.is_grad_enabled():
+            fast = fused.rule_step(self, grads, state, params)   # the same numbers, no feature tensors
+            if fast is not None:
+                return fast
         steps, new_state = self.steps(grads, state, params)
         return {k: params[k] - steps[k].to(params[k].dtype) for k in params}, new_state

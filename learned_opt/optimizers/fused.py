@@ -269,6 +269,15 @@ def pack_weights(weights: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def _shipped_architecture(weights: dict[str, Tensor], options: CeloOptions) -> bool:
+    """Whether the rule has the architecture the C kernel is built for (``_KERNEL_SHAPE``)."""
+    if (len(options.decays), len(options.rms_decays), len(options.timescales)) != (5, 2, 5):
+        return False
+    shapes = [tuple(weights[k].shape) if k in weights else None for k in ("layers.0.weight", "layers.1.weight",
+                                                                         "layers.2.weight", "layers.3.weight")]
+    return shapes == [(8, 26), (8, 8), (2, 8), None]
+
+
 def _kernel_applies(params, grads, states, weights, options) -> bool:
     """Whether the C kernel serves this call: CPU, float32 or float64 throughout, contiguous, shipped architecture."""
     if not params:
@@ -276,10 +285,7 @@ def _kernel_applies(params, grads, states, weights, options) -> bool:
     dtype = params[0].dtype
     if dtype not in (torch.float32, torch.float64):
         return False
-    if (len(options.decays), len(options.rms_decays), len(options.timescales)) != (5, 2, 5):
-        return False
-    if tuple(weights["layers.0.weight"].shape) != (8, 26) or tuple(weights["layers.1.weight"].shape) != (8, 8) \
-            or tuple(weights["layers.2.weight"].shape) != (2, 8):
+    if not _shipped_architecture(weights, options):
         return False
     tensors = (*params, *grads, *states)
     return {(t.device.type, t.dtype) for t in tensors} == {("cpu", dtype)} and all(t.is_contiguous() for t in tensors)
@@ -367,6 +373,12 @@ def _chunks(n: int, chunk: int | None):
     return [(i, min(i + step, n)) for i in range(0, max(n, 1), step)] if n else []
 
 
+def _step_scale(weights: dict[str, Tensor], options: CeloOptions, like: Tensor) -> Tensor:
+    """``exp(log_scale) * step_mult * lr``: the step ``s = scale * u`` before the controllers' step size."""
+    return torch.exp(torch.as_tensor(weights["log_scale"]).to(device=like.device, dtype=like.dtype)) * (
+        options.step_mult * options.lr)
+
+
 def _torch_tensor(g, w, ms_old, vs_old, last, log_step, log_radial, last_radial, tf, weights, options, hyper, radial,
                   chunk, radial_on):
     """One tensor's step with torch ops (flattened; ``g``, ``w`` are 1-d). Returns the new w, momenta,
@@ -412,8 +424,9 @@ def _torch_tensor(g, w, ms_old, vs_old, last, log_step, log_radial, last_radial,
         signal = torch.where(signal < 0, radial.shrink * signal, signal)
         log_radial = torch.clamp(log_radial + radial.gain * signal, -radial.range, 0.0)
         w_hat = w * torch.rsqrt(ww + EPS)
-        last_radial = (u * w_hat).sum()
-        u = u + (torch.exp(log_radial) - 1) * last_radial * w_hat
+        c = (u * w_hat).sum()
+        u = u + (torch.exp(log_radial) - 1) * c * w_hat
+        last_radial = c * _step_scale(weights, options, w)          # the coefficient of the step s = scale * u
     if hyper is not None:
         z = (g * last).sum() * sqrt_n * torch.rsqrt((g * g).sum() * (last * last).sum() + EPS)
         signal = torch.tanh(z)
@@ -421,9 +434,10 @@ def _torch_tensor(g, w, ms_old, vs_old, last, log_step, log_radial, last_radial,
         low = -hyper.range if hyper.floor is None else hyper.floor
         gain = torch.exp(torch.as_tensor(hyper.log_gain).to(device=w.device, dtype=dt))
         log_step = torch.clamp(log_step + gain * signal, low, hyper.range)
-        last = u
+        s = _step_scale(weights, options, w) * u
+        last = s * torch.rsqrt((s * s).sum() / count + EPS)        # s / rms(s), the controller's state
         u = u * torch.exp(log_step)
-    scale = torch.exp(torch.as_tensor(weights["log_scale"]).to(device=w.device, dtype=dt)) * (options.step_mult * options.lr)
+    scale = _step_scale(weights, options, w)
     decay = 1 - options.step_mult * options.lr * options.weight_decay
     new_w = (w * decay if options.weight_decay else w) - scale * u
     return new_w, ms, vs, last, log_step, log_radial, last_radial
@@ -530,29 +544,122 @@ def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: 
 
 
 def celo_inputs(rule) -> tuple[dict[str, Tensor], CeloOptions, dict]:
-    """The weights, the options and the controllers' settings of a ``NormalizedMLPOptimizer``:
-    ``(weights, options, {"hyper": {...} or None, "radial": {...} or None})``. Raises ``ValueError`` for
-    options the fused step does not implement (orthogonalize, relative_step, snr_step, bias_rule='adam',
-    hypergradient_momentum)."""
-    unsupported = [name for name, on in (("orthogonalize", rule.orthogonalize), ("relative_step", rule.relative_step),
-                                         ("snr_step", rule.snr_step), ("bias_rule='adam'", rule.bias_rule == "adam"),
-                                         ("hypergradient_momentum", rule.hypergradient_momentum > 0)) if on]
-    if unsupported:
-        raise ValueError(f"the fused step does not implement {unsupported}; use the rule's update")
-    if getattr(rule, "population_dim", None) is not None:
+    """The weights, the options and the controllers' settings of a celo rule (a :class:`~.celo.Celo` core,
+    alone or in a :class:`~.controllers.Controlled` with the radial gain and/or the hypergradient step size,
+    in that order): ``(weights, options, {"hyper": {...} or None, "radial": {...} or None})``. The outer
+    ``lr`` of a controlled rule is folded into ``options.lr``. Raises ``ValueError`` for what the fused step
+    does not implement (other controllers or orders, the hypergradient's momentum, weight decay under
+    controllers, a population dim)."""
+    from .celo import Celo
+    from .controllers import Controlled
+    core, controllers, outer = rule, {}, 1.0
+    if isinstance(rule, Controlled):
+        core, controllers, outer = rule.core, dict(rule.controllers), rule.lr
+    if not isinstance(core, Celo):
+        raise ValueError(f"the fused step applies the celo core, not {type(core).__name__}; use the rule's update")
+    order = list(controllers)
+    if order not in ([], ["radial"], ["hypergradient"], ["radial", "hypergradient"]):
+        raise ValueError(f"the fused step implements the radial gain and the hypergradient step size (in that order), "
+                         f"not the controllers {order}; use the rule's update")
+    hd, rad = controllers.get("hypergradient"), controllers.get("radial")
+    if hd is not None and hd.momentum > 0:
+        raise ValueError("the fused step does not implement the hypergradient's momentum; use the rule's update")
+    if controllers and core.weight_decay:
+        raise ValueError("the fused step applies weight decay outside the controllers: with controllers, use the "
+                         "rule's update")
+    if getattr(rule, "population_dim", None) is not None or getattr(core, "population_dim", None) is not None:
         raise ValueError("the fused step runs one problem at a time: population_dim must be unset")
-    weights = {k: v.detach() for k, v in rule.state_dict().items()}
-    options = CeloOptions(step_mult=rule.step_mult, lr=float(rule.lr), magnitude=rule.magnitude,
-                          output_norm=rule.output_norm, magnitude_log_range=rule.magnitude_log_range,
-                          weight_decay=rule.weight_decay, decays=tuple(rule.decays), rms_decays=tuple(rule.rms_decays),
-                          timescales=tuple(rule.step_timescales))
-    controllers = {"hyper": None, "radial": None}
-    if rule.hypergradient > 0:
-        controllers["hyper"] = {"log_gain": weights["log_hyper_gain"], "range": rule.hypergradient_range,
-                                "shrink": rule.hypergradient_shrink, "floor": rule.hypergradient_floor}
-    if rule.radial_gain > 0:
-        controllers["radial"] = {"gain": rule.radial_gain, "range": rule.radial_range, "shrink": rule.hypergradient_shrink}
-    return weights, options, controllers
+    weights = {k: v.detach() for k, v in core.state_dict().items()}
+    options = CeloOptions(step_mult=core.step_mult, lr=float(core.lr) * float(outer), magnitude=core.magnitude,
+                          output_norm=core.output_norm, weight_decay=core.weight_decay,
+                          decays=tuple(core.decays), rms_decays=tuple(core.rms_decays),
+                          timescales=tuple(core.step_timescales))
+
+    def gain(c) -> float:
+        return float(torch.exp(c.log_gain.detach().double())) if c.learn_gain else c.gain_value
+
+    ctl = {"hyper": None, "radial": None}
+    if hd is not None:
+        ctl["hyper"] = {"log_gain": hd.log_gain.detach() if hd.learn_gain else math.log(hd.gain_value),
+                        "range": hd.range, "shrink": hd.shrink, "floor": hd.floor}
+    if rad is not None:
+        ctl["radial"] = {"gain": gain(rad), "range": rad.range, "shrink": rad.shrink}
+    return weights, options, ctl
+
+
+_RULE_CACHE: dict[int, tuple] = {}   # id(rule) -> (key, packed weights, options, controllers): see rule_step
+
+
+def _rule_inputs(rule) -> tuple[dict[str, Tensor], CeloOptions, dict]:
+    """:func:`celo_inputs` with the weights packed once, cached while the rule's tensors are unchanged."""
+    tensors = list(rule.state_dict(keep_vars=True).values())
+    key = (rule.lr if hasattr(rule, "lr") else None, tuple((t.data_ptr(), t._version, t.dtype) for t in tensors))
+    hit = _RULE_CACHE.get(id(rule))
+    if hit is not None and hit[0] == key:
+        return hit[1:]
+    weights, options, ctl = celo_inputs(rule)
+    if not _shipped_architecture(weights, options):
+        raise ValueError(f"the C kernel is built for the architecture {_KERNEL_SHAPE}")
+    packed = pack_weights(weights)
+    if len(_RULE_CACHE) > 64:
+        _RULE_CACHE.clear()
+    _RULE_CACHE[id(rule)] = (key, packed, options, ctl)
+    return packed, options, ctl
+
+
+def _has_storage(t: Tensor) -> bool:
+    try:
+        t.data_ptr()
+    except RuntimeError:
+        return False
+    return True
+
+
+def rule_step(rule, grads: dict[str, Tensor], state: dict, params: dict[str, Tensor]) -> tuple[dict, dict] | None:
+    """``rule.update(grads, state, params)`` through :func:`fused_celo_step` (pure: new tensors), for a celo
+    rule :func:`celo_inputs` accepts and the C kernel serves (contiguous float32/float64 CPU tensors of the
+    shipped architecture); ``None`` where it does not apply, so the caller takes the rule's own update.
+    The rule's state layout is kept: ``momentum_<d>``, ``rms_<b>``, ``hypergradient.log_step`` /
+    ``.last_dir``, ``radial.log_radial`` / ``.last_radial``."""
+    if torch.is_grad_enabled() or not params or os.environ.get("LEARNED_OPT_FUSED") == "off":
+        return None
+    if not all(_has_storage(t) for t in (*params.values(), *grads.values())):
+        return None   # under vmap or another transform: the rule's own update
+    try:
+        weights, options, ctl = _rule_inputs(rule)
+    except (ValueError, RuntimeError):   # options it does not implement; transformed meta-parameters
+        return None
+    names = list(params)
+    core = getattr(rule, "core", rule)
+    hyper = radial = None
+    if ctl["hyper"] is not None:
+        hyper = Hyper([state["hypergradient.log_step"][n] for n in names],
+                      [state["hypergradient.last_dir"][n] for n in names], **ctl["hyper"])
+    if ctl["radial"] is not None:
+        radial = Radial([state["radial.log_radial"][n] for n in names],
+                        [state["radial.last_radial"][n] for n in names], **ctl["radial"])
+    momenta = [[state[k][n] for n in names] for k in core.momentum_keys]
+    rms = [[state[k][n] for n in names] for k in core.rms_keys]
+    p_list, g_list = [params[n] for n in names], [grads[n].to(params[n].dtype) for n in names]
+    states = [t for group in (*momenta, *rms) for t in group] + (list(hyper.last_dir) if hyper is not None else [])
+    if not _kernel_applies(p_list, g_list, states, weights, options) or _load_kernel() is None:
+        return None
+    step, horizon = state["step"], state.get("horizon")
+    out = fused_celo_step(p_list, g_list, momenta, rms, step, horizon, weights, options, hyper, radial, backend="c")
+    new_state: dict = {"step": step + 1}
+    for key, values in zip((*core.momentum_keys, *core.rms_keys), (*out.momenta, *out.rms)):
+        new_state[key] = dict(zip(names, values))
+    if horizon is not None:
+        new_state["horizon"] = horizon
+    if hyper is not None:
+        new_state["hypergradient.log_step"] = dict(zip(names, out.hyper.log_step))
+        new_state["hypergradient.last_dir"] = dict(zip(names, out.hyper.last_dir))
+    if radial is not None:
+        outer = getattr(rule, "lr", 1.0) if rule is not core else 1.0   # the radial coefficient excludes the outer lr
+        last = out.radial.last_radial if outer == 1 else [c / outer for c in out.radial.last_radial]
+        new_state["radial.log_radial"] = dict(zip(names, out.radial.log_radial))
+        new_state["radial.last_radial"] = dict(zip(names, last))
+    return dict(zip(names, out.params)), new_state
 
 
 class FusedCeloOptimizer(torch.optim.Optimizer):

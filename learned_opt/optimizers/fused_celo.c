@@ -303,7 +303,7 @@ static void FN(one_tensor)(int64_t n, int zero_dim, SCALAR **p, const double *cf
         if (signal < 0) signal *= cfg[C_RADIAL_SHRINK];
         const double r = clampd(ctl_in[1] + cfg[C_RADIAL_GAIN] * signal, -cfg[C_RADIAL_RANGE], 0);
         const double c = a * dw * inv_wn;
-        ctl_out[1] = r; ctl_out[2] = c;
+        ctl_out[1] = r; ctl_out[2] = c * cfg[C_SCALE];   /* the coefficient of the step s = scale * u */
         b = (exp(r) - 1) * c * inv_wn;
     }
     double step_size = 1;
@@ -316,14 +316,17 @@ static void FN(one_tensor)(int64_t n, int zero_dim, SCALAR **p, const double *cf
         step_size = exp(l);
     }
 
-    /* pass 3: the parameters and the last direction */
+    /* pass 3: the parameters and the last direction, s / rms(s) for the step s = scale * u before the step
+       size (the hypergradient controller's state): rms(u)^2 from the sums of d^2, d * w and w^2 */
     const SCALAR A = (SCALAR)a, Bw = (SCALAR)b, S = (SCALAR)(cfg[C_SCALE] * step_size), WD = (SCALAR)cfg[C_WDECAY];
+    const double s0 = cfg[C_SCALE], uu = a * a * dd + 2 * a * b * dw + b * b * ww;
+    const SCALAR K = (SCALAR)(s0 / sqrt(s0 * s0 * uu / count + EPS));
     const int has_wd = cfg[C_HAS_WD] != 0;
     if (last_out) {
         #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
             const SCALAR wi = w[i], u = A * dbuf[i] + Bw * wi;
-            last_out[i] = u;
+            last_out[i] = K * u;
             w_out[i] = (has_wd ? wi * WD : wi) - S * u;
         }
     } else {

@@ -256,6 +256,11 @@ class Controlled(LearnedRule):
 
     def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
         check_keys(grads, params)
+        if self._fast_applies():
+            from .. import fused
+            fast = fused.rule_step(self, grads, state, params)   # the celo core with its shipped controllers
+            if fast is not None:
+                return fast
         prefixes = {f"{c.name}." for c in self.controllers.values()}
         core_state = {k: v for k, v in state.items() if not any(k.startswith(p) for p in prefixes)}
         steps, new_state = self._core_steps(grads, core_state, params)
@@ -266,6 +271,13 @@ class Controlled(LearnedRule):
             new_state.update({f"{c.name}.{key}": v for key, v in new_own.items()})
         lr = self.lr
         return {k: params[k] - (steps[k] if lr == 1 else lr * steps[k]).to(params[k].dtype) for k in params}, new_state
+
+    def _fast_applies(self) -> bool:
+        """Whether :func:`~learned_opt.optimizers.fused.rule_step` may serve this update: no meta-gradient, one
+        problem at a time, a celo core (it checks the rest and declines what it does not implement)."""
+        from ..celo import Celo
+        return (not torch.is_grad_enabled() and self.population_dim is None and isinstance(self.core, Celo)
+                and self.core._members is None and all(c._members is None for c in self.controllers.values()))
 
     def update_members(self, meta: dict[str, Tensor], grads: Params, state: State, params: Params,
                        workspace: dict | None = None) -> tuple[Params, State]:
