@@ -14,7 +14,8 @@ import argparse
 import json
 import sys
 
-from learned_opt.meta.checkpoint import CheckpointError, derive_checkpoint, load_checkpoint
+from learned_opt.entry import add_threads, input_errors, set_threads
+from learned_opt.meta.checkpoint import derive_checkpoint, load_checkpoint
 
 
 def _pairs(items: list[str], what: str, parse) -> dict:
@@ -47,14 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dest", help="where to write the derived checkpoint")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a constructor option")
     ap.add_argument("--shift", action="append", default=[], metavar="NAME=DELTA", help="add DELTA to a scalar meta-parameter")
+    add_threads(ap)
     args = ap.parse_args(argv)
     set_config = _pairs(args.set, "--set", _json_or_str)
     shift = _pairs(args.shift, "--shift", _number)
-    try:
+    with input_errors("derive_rule.py"):
+        set_threads(args.threads)
         path = derive_checkpoint(args.source, args.dest, set_config, shift)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(f"wrote {path}: {load_checkpoint(path)['rule']['config']}")
     return 0
 

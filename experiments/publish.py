@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from learned_opt.entry import input_errors
 from learned_opt.evaluation.publish import publish
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +27,9 @@ def main() -> None:
     ap.add_argument("--sections", nargs="*", help="inline only the sections of the tables whose headings contain these")
     ap.add_argument("--wall", help="how long the command took, e.g. '6 min'")
     args = ap.parse_args()
-    try:
+    with input_errors("publish.py"):
         print(publish(args.name, args.run_dir, args.command, args.figures, args.tables, args.sections, args.wall,
                       root=ROOT))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"publish.py: error: {e}") from None
 
 
 if __name__ == "__main__":

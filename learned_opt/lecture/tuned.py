@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..schema import Field, check, choice, integer, number, string
-from .metrics import auc
-from .plots import plot_curves, save_figure
-from .report import markdown_table, mean_std, smooth
-from .results import loss_curves, read_cells
+from ..evaluation.metrics import auc
+from ..evaluation.plots import plot_curves, save_figure
+from ..evaluation.report import markdown_table, mean_std, smooth
+from ..evaluation.results import loss_curves, read_cells
 
 BANDS = ("minmax", "iqr")
 POSITIVE = number(0, low_open=True)

@@ -1,4 +1,4 @@
-"""The figures of the restarts comparison (:mod:`learned_opt.evaluation.restarts`).
+"""The figures of the restarts comparison (:mod:`learned_opt.lecture.restarts`).
 
 - :func:`plot_validation`: validation loss vs epochs of the three variants (median and seed band), plateau
   reductions and snapshots marked, the learning rates in a panel below;
@@ -12,8 +12,8 @@ from typing import Mapping, Sequence
 import matplotlib
 import numpy as np
 
-from .metrics import padded
-from .plots import plot_curves, save_figure
+from ..evaluation.metrics import padded
+from ..evaluation.plots import plot_curves, save_figure
 from .restarts import FIXED, LABELS, PLATEAU, SGDR, RestartsResult, sgdr_schedule
 
 matplotlib.use("Agg")

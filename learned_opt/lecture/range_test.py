@@ -66,7 +66,7 @@ def plot_range_test(res: RangeTestResult, path: str | Path, *, title: str, max_l
     bound used, when it is not the suggested one), the divergence stop crossed; saved to ``path``."""
     import matplotlib.pyplot as plt
 
-    from .plots import save_figure
+    from ..evaluation.plots import save_figure
     max_lr = res.suggested_max_lr if max_lr is None else max_lr
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=dpi)
     ax.plot(res.lrs, res.losses, lw=0.8, alpha=0.45, color="C0", label="training loss (minibatch)")

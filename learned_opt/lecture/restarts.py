@@ -1,7 +1,7 @@
 """Fixed lr vs reduce-on-plateau vs SGDR warm restarts with a snapshot ensemble (Huang et al. 2017).
 
 The procedure behind ``experiments/restarts.py``: three variants of SGD-momentum, the same number of
-epochs each, several seeds, trained by :func:`~learned_opt.evaluation.epochs.train_epochs` on the
+epochs each, several seeds, trained by :func:`~learned_opt.lecture.epochs.train_epochs` on the
 training split minus a validation split (the test split is only used for the final scores):
 
 (a) a fixed lr;
@@ -9,7 +9,7 @@ training split minus a validation split (the test split is only used for the fin
 (c) SGDR (``CosineWarmRestarts``, ``T_0`` = ``sgdr.cycle_epochs`` epochs) with a ``SnapshotCollector``:
     one snapshot at the end of each cycle.
 
-The snapshot ensemble (:mod:`~learned_opt.evaluation.ensembles`) is compared on the test split with each
+The snapshot ensemble (:mod:`~learned_opt.lecture.ensembles`) is compared on the test split with each
 snapshot, the best single snapshot, (a) and (b). :func:`check_config` checks a whole config against
 :data:`SCHEMA` before any work; :func:`run_restarts` returns a :class:`RestartsResult`, which renders the
 report (:meth:`RestartsResult.markdown`) and the JSON record (:meth:`RestartsResult.to_json`).
@@ -31,8 +31,8 @@ from ..tasks.base import Task
 from ..utils import resolve_device
 from .ensembles import ensemble_probs, ensemble_size, score_snapshots, scores
 from .epochs import EpochRun, steps_per_epoch, train_epochs
-from .report import markdown_table, mean_std, paired_difference
-from .suite import build_task, validation_task
+from ..evaluation.report import markdown_table, mean_std, paired_difference
+from ..evaluation.suite import build_task, validation_task
 
 __all__ = ["FIXED", "PLATEAU", "SGDR", "VARIANTS", "LABELS", "RULES_ALLOWED", "BANDS", "SCHEMA", "check_config",
            "ensemble_label", "RestartsResult", "run_restarts"]
@@ -178,12 +178,9 @@ class RestartsResult:
 
 
 def run_restarts(cfg: dict, progress: bool = True) -> RestartsResult:
-    """Check ``cfg`` (see :data:`SCHEMA`), set torch's CPU threads to ``cfg["threads"]`` (unless null), train
-    the three variants on every seed and score them, the snapshots and the ensemble on the test split."""
+    """Check ``cfg`` (see :data:`SCHEMA`), train the three variants on every seed and score them, the snapshots and the ensemble on the test split."""
     from tqdm.auto import tqdm
     device, task, val_task = check_config(cfg)
-    if cfg["threads"] is not None:
-        torch.set_num_threads(cfg["threads"])
     started = time.perf_counter()
     seeds, epochs, eval_examples = list(cfg["seeds"]), cfg["epochs"], cfg["eval_examples"]
     spe = steps_per_epoch(val_task)

@@ -1,6 +1,6 @@
 """Cyclical learning rates (Smith 2015) against Adam and a fixed lr: the procedure behind ``experiments/clr.py``.
 
-(a) The LR range test (:func:`~learned_opt.evaluation.range_test.range_test`) of ``range_test.rule`` from
+(a) The LR range test (:func:`~learned_opt.lecture.range_test.range_test`) of ``range_test.rule`` from
 one initialisation; its suggested bounds (the upper one times ``clr.max_lr_factor``) become the CLR bounds.
 (b) Three variants with the same step budget, ``clr.cycles`` whole cycles of ``2 x step_size`` steps
 (``step_size`` = ``clr.epochs_per_half_cycle`` epochs' worth of steps), on every evaluation seed, each
@@ -34,11 +34,11 @@ from ..schema import (RUN, WANDB, ConfigError, Field, boolean, check, check_call
 from ..tasks.base import Task
 from ..utils import resolve_device
 from .epochs import steps_per_epoch
-from .metrics import padded, steps_to_accuracy, steps_to_target
+from ..evaluation.metrics import padded, steps_to_accuracy, steps_to_target
 from .range_test import range_test
-from .report import compare, markdown_table, mean_std, smooth
-from .results import CellResult, loss_curves
-from .suite import TUNING, OptimizerSpec, build_task, run_cell, tune
+from ..evaluation.report import compare, markdown_table, mean_std, smooth
+from ..evaluation.results import CellResult, loss_curves
+from ..evaluation.suite import TUNING, OptimizerSpec, build_task, run_cell, tune
 
 __all__ = ["CLR", "ADAM", "FIXED", "VARIANTS", "BANDS", "SCHEMA", "check_config", "cycle_budget", "clr_bounds",
            "clr_schedule", "adam_how", "variant_metrics", "Variant", "ClrResult", "run_clr", "plot_comparison"]
@@ -270,13 +270,10 @@ class ClrResult:
 
 
 def run_clr(cfg: dict, tuning_dir: str | Path | None = None, progress: bool = True) -> ClrResult:
-    """Check ``cfg`` (see :data:`SCHEMA`), set torch's CPU threads to ``cfg["threads"]`` (unless null), run
-    the range test, tune the fixed lr and Adam's lr (tuning records cached in ``tuning_dir`` when given)
+    """Check ``cfg`` (see :data:`SCHEMA`), run the range test, tune the fixed lr and Adam's lr (tuning records cached in ``tuning_dir`` when given)
     and run the three variants on every evaluation seed."""
     from tqdm.auto import tqdm
     device, task = check_config(cfg)
-    if cfg["threads"] is not None:
-        torch.set_num_threads(cfg["threads"])
     started = time.perf_counter()
     seeds, c = list(cfg["seeds"]), cfg["clr"]
     steps_per_epoch, step_size, steps = cycle_budget(task, c)
@@ -332,7 +329,7 @@ def plot_comparison(result: ClrResult, path: str | Path, title: str) -> Path:
     CLR bounds; the CLR cycle ends dotted in every panel. Saved to ``path``."""
     import matplotlib.pyplot as plt
 
-    from .plots import plot_curves, save_figure
+    from ..evaluation.plots import plot_curves, save_figure
     fcfg, steps, variants = result.config["figure"], result.steps, result.variants
     fig = plt.figure(figsize=(13, 7.8), dpi=fcfg["dpi"])
     gs = fig.add_gridspec(2, 2, height_ratios=[3, 1.25])

@@ -55,7 +55,7 @@ from ..tasks import TASKS
 from ..tasks.base import Task
 from ..unroll import UnrollResult, unroll
 from ..utils import generator as seeded_generator
-from .suite import build_task
+from ..evaluation.suite import build_task
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Params], Tensor]
@@ -465,7 +465,7 @@ def plot_slices(s: Slices, span: np.ndarray, contour_path: Any, pca_path: Any, *
     trajectory on it. ``what`` names the run in the titles; returns the two paths."""
     import matplotlib.pyplot as plt
 
-    from .plots import contour_plot, save_figure
+    from ..evaluation.plots import contour_plot, save_figure
     size = {"figsize": (figure["width"], figure["height"]), "dpi": figure["dpi"]}
     _, ax = plt.subplots(**size)
     contour_plot(ax, span, span, s.contour, num_levels=num_levels, colorbar=COLORBAR, markers=[THETA_T],

@@ -32,7 +32,7 @@ from ..schema import (WANDB, ConfigError, Field, boolean, check, check_choice, c
 from ..tasks.surfaces import SURFACES, Surface
 from ..unroll import unroll
 from ..utils import generator
-from .report import fmt
+from ..evaluation.report import fmt
 
 __all__ = ["SCHEMA", "EXPECT", "SurfaceRun", "check_config", "build_runs", "run_rule", "outcome", "COLUMNS",
            "table_rows", "check_claims", "surface_contour", "title", "rule_label"]
