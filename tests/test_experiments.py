@@ -149,7 +149,7 @@ def test_no_single_best_config_tiny(tmp_path):
 def test_learning_to_learn_config_tiny(tmp_path):
     """The learning-to-learn comparison runs from the committed pretrained optimizers (tiny budget)."""
     for name in ("lstm", "mlp", "learned_adam", "mlp_invariant", "lstm_paper"):
-        assert (ROOT / "pretrained" / f"{name}_l2l_mnist.pt").exists(), name
+        assert (ROOT / "learned_opt" / "pretrained" / f"{name}_l2l_mnist.pt").exists(), name
     run_dir = run_experiment("evaluate.py", tmp_path, *("steps=5",
                              "seeds=[100]", "tuning.budget=2", "tuning.seeds=[0]", "eval_every=0",
                              "~suite.steps_200", "~suite.units_40", "~suite.two_layers", "~suite.relu",

@@ -36,7 +36,7 @@ def mean_loss(task_cfg: dict, rule, seeds, steps: int = 100) -> float:
 def test_pretrained_mlp_optimizer_beats_adam_at_every_grid_lr_on_the_l2l_task():
     """Adam gets its best lr chosen on the very seeds it is scored on (optimistic for Adam)."""
     seeds = range(100, 105)
-    learned = mean_loss(L2L, learned_opt.load(ROOT / "pretrained" / "mlp_l2l_mnist.pt"), seeds)
+    learned = mean_loss(L2L, learned_opt.load(ROOT / "learned_opt" / "pretrained" / "mlp_l2l_mnist.pt"), seeds)
     adam = min(mean_loss(L2L, B.Adam(lr=lr), seeds) for lr in (0.003, 0.01, 0.03, 0.1))
     assert learned < adam, (learned, adam)
 
@@ -45,14 +45,14 @@ def test_pretrained_mlp_optimizer_beats_adam_at_every_grid_lr_on_the_l2l_task():
 def test_pretrained_learned_optimizer_beats_nesterov_at_every_grid_lr_on_the_l2l_task(name):
     """Nesterov (momentum 0.9) gets its best lr chosen on the very seeds it is scored on."""
     seeds = range(100, 105)
-    learned = mean_loss(L2L, learned_opt.load(ROOT / "pretrained" / f"{name}_l2l_mnist.pt"), seeds)
+    learned = mean_loss(L2L, learned_opt.load(ROOT / "learned_opt" / "pretrained" / f"{name}_l2l_mnist.pt"), seeds)
     nesterov = min(mean_loss(L2L, B.Nesterov(lr=lr, momentum=0.9), seeds) for lr in (0.1, 0.3, 1.0, 3.0))
     assert learned < nesterov, (learned, nesterov)
 
 
 def test_pretrained_learned_adam_beats_default_adam_on_the_l2l_task():
     seeds = range(100, 105)
-    learned = mean_loss(L2L, learned_opt.load(ROOT / "pretrained" / "learned_adam_l2l_mnist.pt"), seeds)
+    learned = mean_loss(L2L, learned_opt.load(ROOT / "learned_opt" / "pretrained" / "learned_adam_l2l_mnist.pt"), seeds)
     assert learned < 0.8 * mean_loss(L2L, B.Adam(lr=1e-3), seeds)
 
 

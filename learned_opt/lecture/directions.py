@@ -1,7 +1,7 @@
 """Where a rule's steps point: per tensor, the cosine of each step with Adam's direction
 ``-m_hat / (sqrt(v_hat) + eps)`` (the project's :class:`baselines.Adam` at lr 1, run beside the rule on the
 same gradients) and with the tensor itself (``> 0``: the step grows the tensor), averaged over a run. What
-showed that the meta-trained celo rules grow every tensor where Adam does not (README, round 11;
+showed that the meta-trained celo rules grow every tensor where Adam does not (docs/general_optimizer.md, round 11;
 ``experiments/radial_diagnostic.py``)."""
 from __future__ import annotations
 
