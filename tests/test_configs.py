@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -68,7 +69,7 @@ def test_a_recipe_takes_further_overrides_and_names_its_run_directory(tmp_path):
     """The command as a user runs it: the recipe, a change on top, a check of the whole config before any work."""
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "meta_train.py"), "--config-name",
                            "recipe/celo_hd", "meta.truncation=0"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=180, env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"})
+                          timeout=180, env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2 and "meta.truncation=0 is not allowed" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
 
