@@ -7,7 +7,7 @@ The tuning and the runs are the shared evaluation (``learned_opt.evaluation.eval
 two tasks (logistic regression; an MLP with two hidden layers of 1000 ReLU units and dropout) and the
 paper's optimizers (AdaGrad, RMSProp, SGD-Nesterov, AdaDelta, Adam); each optimizer's lr is picked by a
 small log grid on held-out tuning seeds. The figure and tables come from the tuned cells
-(``learned_opt.evaluation.tuned``): one panel per task, training cost (minibatch loss, batch 128) vs
+(``learned_opt.lecture.tuned``): one panel per task, training cost (minibatch loss, batch 128) vs
 iterations, log y, one line per optimizer with a seed band.
 
 Writes to the run directory: ``adam_paper.png`` (the figure), ``table.md`` (per task, one row per
@@ -24,19 +24,19 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from learned_opt.entry import hydra_entry
 from learned_opt.evaluation import evaluate as E
-from learned_opt.evaluation import tuned as T
-from learned_opt.evaluation.suite import read_sealed
+from learned_opt.evaluation.sealed import read_sealed
+from learned_opt.lecture import tuned as T
 from learned_opt.runlog import RunLogger
 from learned_opt.schema import Field, check, delegated, integer, list_of, number, optional, string
 from learned_opt.utils import atomic_write_text, resolve_device
 
 SCHEMA = {  # what this script reads besides the evaluation's fields (E.SCHEMA, checked by E.check_config)
-    **{k: Field(delegated) for k in E.SCHEMA}, "threads": Field(optional(integer(1))),
+    **{k: Field(delegated) for k in E.SCHEMA},
     "labels": Field(delegated), "figure": T.FIGURE,
     # the task settings the suite interpolates (checked there, by each task's constructor)
     "dataset": Field(string), "root": Field(optional(string)), "batch_size": Field(integer(1)),
@@ -45,6 +45,7 @@ SCHEMA = {  # what this script reads besides the evaluation's fields (E.SCHEMA, 
 
 
 @hydra.main(config_path="../configs", config_name="adam_paper", version_base="1.3")
+@hydra_entry("adam_paper.py")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -52,8 +53,6 @@ def main(cfg: DictConfig) -> None:
     T.check_labels(config["optimizers"], config["labels"])
     eval_cfg = {k: config[k] for k in E.SCHEMA if k in config and k != "resume"}
     E.check_config(eval_cfg, resolve_device(config["device"]))  # every task and optimizer, before any work
-    if config["threads"] is not None:
-        torch.set_num_threads(config["threads"])
     started = time.perf_counter()
     E.evaluate(eval_cfg, run_dir, resume=config["resume"])  # tunes, runs every (optimizer, task, seed) cell
     seconds = time.perf_counter() - started

@@ -10,8 +10,8 @@ geometrically, each step one ``unroll`` step; its suggested bounds become the CL
 Nesterov + triangular CLR (``step_size`` = ``clr.epochs_per_half_cycle`` epochs' worth of steps),
 Adam (lr tuned by a small log grid on tuning seeds, or its default 1e-3: ``adam.tune``), and
 Nesterov at the best fixed lr of a log grid (same tuning protocol). The procedure is
-:func:`learned_opt.evaluation.cyclical.run_clr` (the range test:
-:func:`learned_opt.evaluation.range_test.range_test`).
+:func:`learned_opt.lecture.cyclical.run_clr` (the range test:
+:func:`learned_opt.lecture.range_test.range_test`).
 
 Writes to the run directory: ``range_test.png`` (loss vs lr, log x, raw and smoothed, suggested
 bounds marked), ``clr.png`` (training loss and test accuracy vs steps with seed bands; the lr
@@ -30,13 +30,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from learned_opt.evaluation.cyclical import VARIANTS, plot_comparison, run_clr
-from learned_opt.evaluation.range_test import plot_range_test
+from learned_opt.entry import hydra_entry
+from learned_opt.lecture.cyclical import VARIANTS, plot_comparison, run_clr
+from learned_opt.lecture.range_test import plot_range_test
 from learned_opt.runlog import RunLogger
 from learned_opt.utils import atomic_write_text
 
 
 @hydra.main(config_path="../configs", config_name="clr", version_base="1.3")
+@hydra_entry("clr.py")
 def main(hcfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg = OmegaConf.to_container(hcfg, resolve=True)

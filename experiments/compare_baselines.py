@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from learned_opt.entry import hydra_entry
 from learned_opt.evaluation.plots import plot_curves
 from learned_opt.evaluation.report import markdown_table, mean_std
 from learned_opt.evaluation.results import loss_curves
@@ -34,6 +35,7 @@ SCHEMA = {  # configs/compare_baselines.yaml; the task and each rule are checked
 
 
 @hydra.main(config_path="../configs", config_name="compare_baselines", version_base="1.3")
+@hydra_entry("compare_baselines.py")
 def main(hcfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg = OmegaConf.to_container(hcfg, resolve=True)

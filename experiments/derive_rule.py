@@ -19,7 +19,8 @@ import argparse
 import json
 import sys
 
-from learned_opt.optimizers.files import CheckpointError, derive_checkpoint, load_checkpoint
+from learned_opt.entry import add_threads, input_errors, set_threads
+from learned_opt.optimizers.files import derive_checkpoint, load_checkpoint
 
 
 def _pairs(items: list[str], what: str, parse) -> dict:
@@ -55,14 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reset", action="append", default=[], metavar="PREFIX",
                     help="meta-parameters starting with PREFIX take their initial values")
     ap.add_argument("--seed", type=int, default=0, help="torch seed of the initial values (--reset)")
+    add_threads(ap)
     args = ap.parse_args(argv)
     set_config = _pairs(args.set, "--set", _json_or_str)
     shift = _pairs(args.shift, "--shift", _number)
-    try:
+    with input_errors("derive_rule.py"):
+        set_threads(args.threads)
         path = derive_checkpoint(args.source, args.dest, set_config, shift, args.reset, args.seed)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(f"wrote {path}: {load_checkpoint(path)['rule']['config']}")
     return 0
 

@@ -10,29 +10,23 @@ A config, checkpoint or run-directory problem is reported in one line (exit stat
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from learned_opt.entry import hydra_entry
 from learned_opt.evaluation.evaluate import evaluate
-from learned_opt.meta.checkpoint import CheckpointError
-from learned_opt.runlock import RunLocked
-from learned_opt.schema import ConfigError
 
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+@hydra_entry("evaluate.py")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     resume = bool(config.pop("resume", False))
-    try:
-        summary = evaluate(config, run_dir, resume=resume)
-    except (ConfigError, CheckpointError, RunLocked, FileExistsError, FileNotFoundError) as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    summary = evaluate(config, run_dir, resume=resume)
     print((run_dir / "summary.md").read_text())
     print(f"wrote {run_dir}/summary.md, results.csv, *.png ({summary['seconds']:.0f} s)")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ablations of the general-purpose learned optimizer (configs/family/general.yaml, optimizer=celo): each
-# variant changes one thing in the shipped command and meta-trains for the same number of meta-steps
+# variant changes one thing in the shipped recipe and meta-trains for the same number of meta-steps
 # (STEPS, default 300) from the same seed; then one evaluation puts every variant's best.pt on the
 # generalization suite (configs/generalization.yaml) beside the hand-crafted baselines (the shipped learned
 # optimizers left out), reusing the baselines' cells from BASE if given.
@@ -10,10 +10,7 @@ set -euo pipefail
 OUT=${1:-runs/ablations}
 BASE=${2:-}
 STEPS=${STEPS:-300}
-COMMON="optimizer=celo family=general meta.estimator=pes meta.stagger=true meta.tasks_per_step=4 meta.truncation=25
-  family.horizon_min=100 family.horizon_max=1000 meta.horizon=1000 meta.meta_loss=log_ratio meta.lr=0.002
-  meta.clip_grad_norm=null pes.pairs=2 pes.std=0.01 validation.every=50 validation.tasks=6 validation.steps=300
-  validation.metric=log_ratio checkpoint_every=10 progress=false meta.steps=$STEPS"
+COMMON="--config-name recipe/celo_general progress=false meta.steps=$STEPS"   # configs/recipe/celo_general.yaml
 declare -A VARIANTS=(
   [main]=""
   [no_output_norm]="optimizer.output_norm=false"

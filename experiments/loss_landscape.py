@@ -4,7 +4,7 @@
     python experiments/loss_landscape.py steps=3000 contour.resolution=61 task.dataset=mnist5k
 
 Each optimizer trains the same initial weights theta_0 through ``unroll``, keeping the weights
-every ``record_every`` steps. Around each trained ``theta_T`` (:mod:`learned_opt.evaluation.landscape`):
+every ``record_every`` steps. Around each trained ``theta_T`` (:mod:`learned_opt.lecture.landscape`):
 
 1. ``interpolation.png``: train and test loss at ``(1 - alpha) theta_0 + alpha theta_T``,
    alpha in ``[alpha_min, alpha_max]`` (Goodfellow et al. 2015), every optimizer in one plot;
@@ -29,7 +29,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from baselines import make_rule
-from learned_opt.evaluation import landscape as L
+from learned_opt.entry import hydra_entry
+from learned_opt.lecture import landscape as L
 from learned_opt.evaluation.plots import plot_interpolation
 from learned_opt.evaluation.report import markdown_table
 from learned_opt.runlog import RunLogger
@@ -40,6 +41,7 @@ COLUMNS = ["optimizer", "rule", "hyperparameters", "final train loss", "final te
 
 
 @hydra.main(config_path="../configs", config_name="loss_landscape", version_base="1.3")
+@hydra_entry("loss_landscape.py")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     c = OmegaConf.to_container(cfg, resolve=True)

@@ -26,10 +26,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from learned_opt.evaluation.plots import plot_meta_loss
-from learned_opt.meta import CheckpointError, meta_train
+from learned_opt.entry import hydra_entry
+from learned_opt.meta import meta_train
 from learned_opt.meta.trainer import MetaTrainingInterrupted
-from learned_opt.runlock import RunLocked
-from learned_opt.schema import ConfigError
 from learned_opt.utils import atomic_write_text
 
 RESUME: dict = {}  # set by _expand_resume: the run directory and its overrides once the resume is accepted
@@ -70,6 +69,7 @@ def _expand_resume(argv: list[str]) -> list[str]:
 
 
 @hydra.main(config_path="../configs", config_name="meta_train", version_base="1.3")
+@hydra_entry("meta_train.py")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -85,9 +85,6 @@ def main(cfg: DictConfig) -> None:
     except MetaTrainingInterrupted as e:
         print(f"meta_train.py: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
-    except (ConfigError, CheckpointError, RunLocked, FileExistsError, FileNotFoundError) as e:
-        print(f"meta_train.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
     if summary.get("rank", 0) != 0:
         return  # only rank 0 of a torchrun job writes to the run directory
     png, metrics = run_dir / "meta_loss.png", run_dir / "metrics.jsonl"

@@ -8,9 +8,9 @@ with ``experiments/publish.py NAME OUT_DIR --tables summary.md --figures``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from learned_opt.entry import add_threads, input_errors, set_threads
 from learned_opt.evaluation.pool import pool, pooled_markdown, write_pooled
 
 
@@ -19,15 +19,15 @@ def main() -> None:
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (or RUN_DIR, labelled by its parent folder's name)")
     ap.add_argument("--threshold", type=float, default=1.2, help="count the tasks scoring above this (1.2)")
+    add_threads(ap)
     args = ap.parse_args()
     runs = []
     for item in args.runs:
         label, sep, path = item.partition("=")
         runs.append((label, path) if sep else (Path(item).resolve().parent.name, item))
-    try:
+    with input_errors("pool.py"):
+        set_threads(args.threads)
         pooled = pool(runs, args.threshold)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"pool.py: error: {e}")
     write_pooled(args.out_dir, pooled)
     print(pooled_markdown(pooled))
     print(f"\nwrote {args.out_dir / 'summary.md'} and summary.json")

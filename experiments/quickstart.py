@@ -10,7 +10,6 @@ optimizers (and the shipped ones named in ``pretrained``, such as the general-pu
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +18,12 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from learned_opt.entry import hydra_entry
 from learned_opt.evaluation.evaluate import check_config as check_evaluation, evaluate
 from learned_opt.evaluation.plots import plot_meta_loss
 from learned_opt.meta import meta_train
 from learned_opt.meta.config import check_meta_train_config
-from learned_opt.schema import WANDB, ConfigError, Field, boolean, check, delegated, integer, list_of, string
+from learned_opt.schema import WANDB, Field, boolean, check, delegated, integer, list_of, string
 from learned_opt.utils import resolve_device
 
 SCHEMA = {  # configs/quickstart.yaml; each stage's config is checked as its own entry point checks it
@@ -42,6 +42,7 @@ def stage(name: str, overrides: list[str], cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="../configs", config_name="quickstart", version_base="1.3")
+@hydra_entry("quickstart.py")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check(OmegaConf.to_container(cfg, resolve=True), SCHEMA)
@@ -50,14 +51,12 @@ def main(cfg: DictConfig) -> None:
                               *cfg.meta_train_overrides], cfg)
     ev = stage("evaluate", [f"steps={cfg.eval_steps}", *cfg.evaluate_overrides], cfg)
     for c in (mt, ev):
-        c.pop("hydra", None)
-        c.pop("resume", None)
+        for key in ("hydra", "resume", "threads"):  # threads: this job's own setting (set before any work)
+            c.pop(key, None)
     shipped = {label: {"checkpoint": name} for label, name in (cfg.get("pretrained") or {}).items()}
-    try:  # both stages before any work: a bad evaluation override fails now, not after meta-training
-        check_meta_train_config(mt)
-        check_evaluation({**ev, "optimizers": {**ev["optimizers"], **shipped}}, resolve_device(ev["device"]))
-    except (ConfigError, FileNotFoundError) as e:
-        sys.exit(f"quickstart.py: error: {e}")
+    # both stages before any work: a bad evaluation override fails now, not after meta-training
+    check_meta_train_config(mt)
+    check_evaluation({**ev, "optimizers": {**ev["optimizers"], **shipped}}, resolve_device(ev["device"]))
     print(f"[1/2] meta-training {mt['optimizer']['name']} on {mt['family']} for {mt['meta']['steps']} meta-steps")
     summary = meta_train(mt, run_dir / "meta_train")
     plot_meta_loss(run_dir / "meta_train")

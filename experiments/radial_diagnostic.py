@@ -16,8 +16,9 @@ import torch
 
 import baselines as B
 import learned_opt
-from learned_opt.evaluation.directions import direction_stats
+from learned_opt.entry import add_threads, input_errors, set_threads
 from learned_opt.evaluation.suite import build_task
+from learned_opt.lecture.directions import direction_stats
 
 DEFAULT_TASK = '{"name": "regression", "dataset": "mnist1d", "hidden_sizes": [48], "activation": "tanh", "outputs": 4, "batch_size": 32}'
 
@@ -29,15 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=950)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam's lr with --rule adam")
+    add_threads(ap)
     args = ap.parse_args(argv)
-    try:
+    with input_errors("radial_diagnostic.py"):
+        set_threads(args.threads)
         spec = json.loads(args.task)
         task = build_task("--task", spec, torch.device("cpu"))
         rule = B.Adam(lr=args.lr) if args.rule == "adam" else learned_opt.load(args.rule)
         stats, mean_loss = direction_stats(rule, task, args.steps, args.seed)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(f"{args.rule} on {spec}, {args.steps} steps, seed {args.seed}: mean loss {mean_loss:.4g}")
     print("| tensor | cos(step, Adam's direction) | cos(step, w) (> 0: grows w) | cos(Adam's direction, w) |")
     print("|---|---|---|---|")

@@ -11,7 +11,7 @@ time on the training split minus a validation split (the test split is only used
 (c) SGDR (``CosineWarmRestarts``, ``T_0`` = ``sgdr.cycle_epochs`` epochs) with one snapshot at the end of
 each cycle. The snapshot ensemble (the mean of the snapshots' softmax outputs) is compared with each
 snapshot, the best single snapshot, (a) and (b). The procedure is
-:func:`learned_opt.evaluation.restarts.run_restarts`.
+:func:`learned_opt.lecture.restarts.run_restarts`.
 
 Writes to the run directory: ``validation.png`` (validation loss vs epochs of the three, plateau
 reductions and snapshots marked; the lr in a panel below), ``test_accuracy.png`` (bars: each
@@ -29,13 +29,15 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from learned_opt.evaluation.restarts import VARIANTS, run_restarts
-from learned_opt.evaluation.restarts_plots import plot_accuracy_bars, plot_validation
+from learned_opt.entry import hydra_entry
+from learned_opt.lecture.restarts import VARIANTS, run_restarts
+from learned_opt.lecture.restarts_plots import plot_accuracy_bars, plot_validation
 from learned_opt.runlog import RunLogger
 from learned_opt.utils import atomic_write_text
 
 
 @hydra.main(config_path="../configs", config_name="restarts", version_base="1.3")
+@hydra_entry("restarts.py")
 def main(hcfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg = OmegaConf.to_container(hcfg, resolve=True)

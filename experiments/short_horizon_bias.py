@@ -20,9 +20,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from learned_opt.entry import hydra_entry
 from learned_opt.evaluation.plots import plot_meta_learned_lr
-from learned_opt.evaluation.sweep import lr_sweep
 from learned_opt.evaluation.report import markdown_table
+from learned_opt.lecture.sweep import lr_sweep
 from learned_opt.meta import meta_train
 from learned_opt.meta.short_horizon import check_config, final_lr, meta_config
 from learned_opt.runlog import RunLogger, read_metrics
@@ -31,14 +32,13 @@ from learned_opt.utils import atomic_write_text, resolve_device
 
 
 @hydra.main(config_path="../configs", config_name="short_horizon_bias", version_base="1.3")
+@hydra_entry("short_horizon_bias.py")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     c = OmegaConf.to_container(cfg, resolve=True)
     check_config(c)
     grid = c["grid"]
     device = resolve_device(c["device"])
-    if c["threads"] is not None:
-        torch.set_num_threads(c["threads"])
     task_cfg = dict(c["task"])
     task = make_task(task_cfg.pop("name"), device=device, **task_cfg)
     logger = RunLogger(run_dir, c["wandb"], name="short_horizon_bias", group="short_horizon_bias",

@@ -6,7 +6,7 @@
 
 Each rule runs through ``unroll`` with a callback that records the point after every update; the
 runs, their outcomes (which minimum was reached, whether the saddle was escaped) and the claims are
-:mod:`learned_opt.evaluation.trajectories`. Writes to the run directory, per surface ``S`` of the
+:mod:`learned_opt.lecture.trajectories`. Writes to the run directory, per surface ``S`` of the
 config: ``trajectories_S.png`` (contours, minima as stars, saddle as X, start, one line per rule) and
 ``trajectories_S.gif`` (the same, animated); then ``table.md`` (final point, final loss, distance to
 the nearest minimum, which minimum was reached, whether the saddle was escaped, and the config's
@@ -24,7 +24,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from learned_opt.evaluation import trajectories as T
+from learned_opt.entry import hydra_entry
+from learned_opt.lecture import trajectories as T
 from learned_opt.evaluation.plots import animate_contour, contour_plot, save_figure
 from learned_opt.evaluation.report import markdown_table
 from learned_opt.runlog import RunLogger
@@ -34,6 +35,7 @@ LEGEND = {"fontsize": 8, "loc": "upper center", "bbox_to_anchor": (0.5, -0.12), 
 
 
 @hydra.main(config_path="../configs", config_name="trajectories", version_base="1.3")
+@hydra_entry("trajectories.py")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     c = OmegaConf.to_container(cfg, resolve=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import hydra
@@ -20,8 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import learned_opt
+from learned_opt.entry import hydra_entry
 from learned_opt.evaluation.report import markdown_table
-from learned_opt.meta.checkpoint import CheckpointError
 from learned_opt.meta.trainer import held_out_scores
 from learned_opt.runlog import RunLogger
 from learned_opt.schema import WANDB, Field, check, choice, delegated, device as device_field, integer, list_of, string
@@ -36,6 +35,7 @@ SCHEMA = {  # the fields of configs/validate.yaml; the family is checked by its 
 
 
 @hydra.main(config_path="../configs", config_name="validate", version_base="1.3")
+@hydra_entry("validate.py")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     c = OmegaConf.to_container(cfg, resolve=True)
@@ -43,10 +43,7 @@ def main(cfg: DictConfig) -> None:
     device = resolve_device(c["device"])
     family_cfg = dict(c["family"])
     family = make_family(family_cfg.pop("name"), **family_cfg)
-    try:
-        rules = {str(path): learned_opt.load(path, device) for path in c["checkpoints"]}
-    except CheckpointError as e:
-        sys.exit(f"validate.py: error: {e}")
+    rules = {str(path): learned_opt.load(path, device) for path in c["checkpoints"]}
 
     results, rows = {}, []
     for label, rule in rules.items():

@@ -35,9 +35,9 @@ def device(path: str, value: Any) -> None:
         raise ConfigError(f"{path}={value!r} is not allowed; allowed: cpu, cuda, cuda:N")
 
 
-# The run fields of an experiment: device, CPU threads (null: torch's default), evaluation seeds.
-RUN = {"device": Field(device), "threads": Field(optional(integer(1))),
-       "seeds": Field(list_of(integer(), nonempty=True, distinct=True))}
+# The run fields of an experiment: device and evaluation seeds (CPU threads are set by learned_opt.entry before
+# the entry point reads its config).
+RUN = {"device": Field(device), "seeds": Field(list_of(integer(), nonempty=True, distinct=True))}
 
 # The ``wandb:`` block every entry point shares (read by learned_opt.runlog.RunLogger).
 WANDB = {"mode": Field(choice(*WANDB_MODES)), "project": Field(string), "entity": Field(optional(string))}

@@ -1,4 +1,4 @@
-"""The CLR comparison (learned_opt.evaluation.cyclical): its config checks, per-variant metrics, the answer
+"""The CLR comparison (learned_opt.lecture.cyclical): its config checks, per-variant metrics, the answer
 computed from them, the W&B history, and one tiny run wired as the procedure says; ``steps_to_accuracy``
 (learned_opt.evaluation.metrics) on hand-made evaluations."""
 from __future__ import annotations
@@ -14,8 +14,9 @@ import torch
 from test_experiments import composed_config
 
 from baselines import CyclicLR, RangeTestResult, make_rule
-from learned_opt.evaluation import cyclical, suite
-from learned_opt.evaluation.cyclical import (ADAM, CLR, FIXED, ClrResult, Variant, check_config, clr_bounds,
+from learned_opt.evaluation import suite
+from learned_opt.lecture import cyclical
+from learned_opt.lecture.cyclical import (ADAM, CLR, FIXED, ClrResult, Variant, check_config, clr_bounds,
                                              cycle_budget, run_clr, variant_metrics)
 from learned_opt.evaluation.metrics import steps_to_accuracy
 from learned_opt.evaluation.results import CellResult

@@ -1,4 +1,4 @@
-"""learned_opt.evaluation.directions (experiments/radial_diagnostic.py): Adam measured against itself, and the
+"""learned_opt.lecture.directions (experiments/radial_diagnostic.py): Adam measured against itself, and the
 growth of every tensor by celo_backoff that the shipped rule's radial controller takes back."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 import baselines as B
 import learned_opt
-from learned_opt.evaluation.directions import direction_stats
+from learned_opt.lecture.directions import direction_stats
 from learned_opt.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]

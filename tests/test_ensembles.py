@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, log_loss
 
-from learned_opt.evaluation.ensembles import ensemble_probs, ensemble_size, score_snapshots, scores
+from learned_opt.lecture.ensembles import ensemble_probs, ensemble_size, score_snapshots, scores
 
 
 class LinearTask:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from baselines import SGD, CosineWarmRestarts, ReduceOnPlateau, SnapshotCollector
-from learned_opt.evaluation.epochs import steps_per_epoch, train_epochs
+from learned_opt.lecture.epochs import steps_per_epoch, train_epochs
 from learned_opt.unroll import unroll
 from learned_opt.utils import generator
 

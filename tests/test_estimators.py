@@ -313,7 +313,7 @@ def test_unknown_estimator_lists_the_choices_and_bad_options_are_named(tmp_path)
 
 
 def test_lr_sweep_matches_the_closed_form_expectation_of_the_noisy_quadratic():
-    from learned_opt.evaluation.sweep import lr_sweep
+    from learned_opt.lecture.sweep import lr_sweep
     from learned_opt.tasks import make_task
     task = make_task("noisy_quadratic", dim=20, decay=1.0, noise=1.0)
     lrs = [0.03, 0.3, 1.0, 2.5]                  # 2.5 > 2 / h_1: diverges

@@ -24,11 +24,14 @@ def run_experiment(script: str, tmp_path: Path, *overrides: str, timeout: int = 
 
 
 def composed_config(name: str, resolve: bool = False) -> dict:
-    """``configs/<name>.yaml`` as its entry point sees it (its `defaults:` applied)."""
+    """``configs/<name>.yaml`` as its entry point sees it (its `defaults:` applied, and `threads` taken out by
+    ``learned_opt.entry.hydra_entry``, which sets it before the entry point runs)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name=name), resolve=resolve)
+        config = OmegaConf.to_container(compose(config_name=name), resolve=resolve)
+    config.pop("threads", None)
+    return config
 
 
 def table_rows(md: str) -> list[list[str]]:

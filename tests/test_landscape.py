@@ -14,7 +14,7 @@ import torch
 
 from baselines import make_rule
 from baselines.checks import ConfigError
-from learned_opt.evaluation import landscape as L
+from learned_opt.lecture import landscape as L
 from learned_opt.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -140,7 +140,8 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, script, override, mess
 def test_restarts_config_is_checked_before_any_task_is_built(monkeypatch, change, message):
     from test_experiments import composed_config
 
-    from learned_opt.evaluation import restarts, suite
+    from learned_opt.evaluation import suite
+    from learned_opt.lecture import restarts
     from learned_opt.schema import ConfigError
 
     def no_work(*args, **kwargs):
@@ -155,14 +156,14 @@ def test_restarts_config_is_checked_before_any_task_is_built(monkeypatch, change
 def test_restarts_rejects_a_task_without_classes():
     from test_experiments import composed_config
 
-    from learned_opt.evaluation.restarts import check_config
+    from learned_opt.lecture.restarts import check_config
     from learned_opt.schema import ConfigError
     with pytest.raises(ConfigError, match="task.name='quadratic' is not allowed; allowed: a classifier"):
         check_config({**composed_config("restarts", resolve=True), "task": {"name": "quadratic", "dim": 3}})
 
 
 def test_restarts_verdicts_are_points_of_accuracy_with_the_ensemble_as_subject():
-    from learned_opt.evaluation.restarts import RestartsResult
+    from learned_opt.lecture.restarts import RestartsResult
     score = [{"accuracy": a, "loss": 0.3} for a in (0.94, 0.94)]
     test = {"(a) fixed lr": score, "(b) reduce-on-plateau": [{"accuracy": 0.96, "loss": 0.2}] * 2,
             "best single snapshot (by validation loss)": score,

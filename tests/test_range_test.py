@@ -1,4 +1,4 @@
-"""The LR range test over ``unroll`` (learned_opt.evaluation.range_test): each step is one training step
+"""The LR range test over ``unroll`` (learned_opt.lecture.range_test): each step is one training step
 at its lr, checked by hand on a quadratic and against torch.optim with the lr changed between steps."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from baselines import RangeTestResult
-from learned_opt.evaluation import range_test as rt_module
-from learned_opt.evaluation.range_test import plot_range_test, range_test
+from learned_opt.lecture import range_test as rt_module
+from learned_opt.lecture.range_test import plot_range_test, range_test
 from learned_opt.tasks import QuadraticTask, make_task
 from learned_opt.utils import generator
 

@@ -10,7 +10,8 @@ import torch
 
 import baselines as B
 from learned_opt.evaluation.results import CellResult, loss_curves, read_cells
-from learned_opt.evaluation.suite import run_cell, write_sealed
+from learned_opt.evaluation.sealed import write_sealed
+from learned_opt.evaluation.suite import run_cell
 from learned_opt.tasks import make_task
 from learned_opt.unroll import unroll
 from learned_opt.utils import generator

@@ -16,7 +16,7 @@ from PIL import Image
 
 from baselines import make_rule
 from baselines.checks import ConfigError
-from learned_opt.evaluation import trajectories as T
+from learned_opt.lecture import trajectories as T
 from learned_opt.tasks import make_task
 from learned_opt.unroll import unroll
 from test_experiments import composed_config

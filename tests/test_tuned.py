@@ -1,4 +1,4 @@
-"""Tuned optimizers side by side (learned_opt.evaluation.tuned), read back from a real evaluation's cells."""
+"""Tuned optimizers side by side (learned_opt.lecture.tuned), read back from a real evaluation's cells."""
 from __future__ import annotations
 
 import copy
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from learned_opt.evaluation import evaluate as E
-from learned_opt.evaluation import tuned as T
-from learned_opt.evaluation.suite import read_sealed
+from learned_opt.lecture import tuned as T
+from learned_opt.evaluation.sealed import read_sealed
 from learned_opt.schema import ConfigError
 
 CFG = {

@@ -15,11 +15,9 @@ from typing import Any, Callable, Hashable, Mapping, TypeVar
 
 import torch
 
+from learned_opt.entry import add_threads, input_errors, set_threads
+
 Key = TypeVar("Key", bound=Hashable)
-
-THREADS_HELP = ("torch CPU threads (default: torch's choice); 1 is steadier on a loaded machine, where 2 OpenMP "
-                "threads can stall each other")
-
 
 def sync(device: torch.device) -> None:
     """Wait for the work queued on a CUDA device, so that wall-clock times include it."""
@@ -57,17 +55,17 @@ def parser(description: str, rounds_default: int, quick_help: str,
     ap.add_argument("--rounds", type=int, default=rounds_default)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help=quick_help)
-    ap.add_argument("--threads", type=int, help=THREADS_HELP)
+    add_threads(ap)
     ap.add_argument("--out", type=Path, help=out_help)
     return ap
 
 
 def parse_args(ap: argparse.ArgumentParser, quick: Mapping[str, Any]) -> tuple[argparse.Namespace, torch.device]:
     """Parse the command line; with --quick, the values of ``quick`` replace the options of those names (a smoke
-    run). Sets torch's CPU threads to --threads when given; returns the options and the device."""
+    run). Sets torch's CPU threads to --threads (default 1); returns the options and the device."""
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with input_errors(ap.prog):
+        set_threads(args.threads)
     if args.quick:
         for name, value in quick.items():
             if not hasattr(args, name):

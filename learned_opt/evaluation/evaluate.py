@@ -39,8 +39,8 @@ from ..utils import atomic_write_text, resolve_device
 from . import metrics as M
 from .plots import plot_curves
 from .report import markdown_table
-from .suite import (TUNING, OptimizerSpec, budget, parse_optimizers, parse_suite, read_sealed, run_cell, task_kwargs,
-                    tune, write_sealed)
+from .sealed import read_sealed, write_sealed
+from .suite import TUNING, OptimizerSpec, budget, parse_optimizers, parse_suite, run_cell, task_kwargs, tune
 from .results import CellResult, loss_curves
 
 REFERENCE = "adam@tuned"  # the normalising reference, learned_optimization style

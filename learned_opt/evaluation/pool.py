@@ -69,7 +69,7 @@ def pool(runs: Sequence[tuple[str, str | Path]], threshold: float = 1.2) -> dict
 def pooled_markdown(pooled: dict) -> str:
     """The pooled table, in the format of an evaluation's "Across tasks" section plus wins and bad tasks."""
     acr, thr = pooled["across_tasks"], pooled["threshold"]
-    runs = ", ".join(f"{k} (`{v}`)" for k, v in pooled["runs"].items())
+    runs = ", ".join(pooled["runs"])  # by label: the run directories are the user's own (summary.json has them)
     lines = [f"### Across tasks (pooled)\n\nPooled over the {len(pooled['tasks'])} tasks of {runs}. score = median "
              f"mean training loss / that of {REFERENCE} on each task (each task's own); geometric mean over the "
              f"tasks, the worst task, the geometric mean against {BASELINE}, the tasks where the score is < 1 and "

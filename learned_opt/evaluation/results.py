@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .metrics import padded
+from .sealed import read_sealed
 
 _REQUIRED = ("seed", "train_loss", "diverged", "seconds", "evals")
 
@@ -98,7 +99,6 @@ def loss_curves(cells: Sequence[CellResult], length: int) -> np.ndarray:
 def read_cells(run_dir: str | Path, entry: str, task: str, seeds: Sequence[int]) -> list[CellResult]:
     """The cells an evaluation in ``run_dir`` stored for optimizer ``entry`` on ``task``, one per seed;
     ``FileNotFoundError`` or ``ValueError`` naming the file when one is absent or damaged."""
-    from .suite import read_sealed  # (suite imports this module)
     out = []
     for seed in seeds:
         path = Path(run_dir) / "cells" / f"{entry}__{task}__{seed}.json"

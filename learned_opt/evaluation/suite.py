@@ -52,9 +52,10 @@ from ..tasks import TASKS, make_task
 from ..tasks.base import Task
 from ..tasks.datasets import Dataset
 from ..unroll import init_state, unroll
-from ..utils import atomic_write_text, generator
+from ..utils import generator
 from . import metrics as M
 from .results import CellResult
+from .sealed import read_sealed, write_sealed
 
 TUNING_METHODS = ("grid", "random")
 TUNING_OBJECTIVES = ("final_val_loss", "mean_train_loss", "final_train_loss")
@@ -354,35 +355,3 @@ def tune(spec: OptimizerSpec, task_spec: dict, cfg: dict, device: torch.device, 
     if cache is not None:
         write_sealed(out, cache, indent=1)
     return out
-
-
-# --------------------------------------------------------------------------- sealed records
-def _digest(record: dict) -> str:
-    body = {k: v for k, v in record.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def write_sealed(record: dict, path: Path, indent: int | None = None) -> None:
-    """Write ``record`` as JSON with a ``sha256`` of its content, atomically."""
-    atomic_write_text(json.dumps({**record, "sha256": _digest(record)}, indent=indent), path)
-
-
-def read_sealed(path: Path, expect: dict | None = None) -> dict | None:
-    """The record in ``path``; None (with a warning naming the file and why) when it is damaged: not JSON,
-    not a mapping, a hash that does not match, or entries other than ``expect``. Records written
-    before they carried a hash are taken as they are. The hash is not part of the record returned."""
-    import warnings
-    try:
-        record = json.loads(path.read_text())
-        if not isinstance(record, dict):
-            raise ValueError(f"a {type(record).__name__}, not a mapping")
-        if "sha256" in record and record["sha256"] != _digest(record):
-            raise ValueError("its content does not match its hash")
-        for k, v in (expect or {}).items():
-            if record.get(k) != v:
-                raise ValueError(f"{k}={record.get(k)!r}, expected {v!r}")
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        warnings.warn(f"{path} is damaged ({e}); computing it again", RuntimeWarning, stacklevel=2)
-        return None
-    record.pop("sha256", None)
-    return record

@@ -12,14 +12,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..schema import (WANDB, ConfigError, Field, check, choice, delegated, device, integer, list_of, number,
-                      optional)
+from ..schema import WANDB, ConfigError, Field, check, choice, delegated, device, integer, list_of, number
 from . import ESTIMATORS
 from .trainer import check_config as check_meta_train_config
 
 POSITIVE = number(0, low_open=True)
 SCHEMA = {  # the fields of configs/short_horizon_bias.yaml; meta, es and pes are checked as meta-training's
-    "seed": Field(integer(0)), "device": Field(device), "threads": Field(optional(integer(1))),
+    "seed": Field(integer(0)), "device": Field(device),
     "task": Field(delegated), "horizon": Field(integer(1)), "initial_lr": Field(POSITIVE),
     "estimators": Field(list_of(choice(*ESTIMATORS), nonempty=True, distinct=True)),
     "meta": Field(delegated), "es": Field(delegated), "pes": Field(delegated),
