@@ -13,7 +13,7 @@ shipped rule and tuned Adam, on the generalization suite and the pooled hold-out
    radial controller added as it was to the shipped rule (``--set radial_gain=0.1``). Their sources are
    taken from ``--meta-trained`` (default: the files as committed at ``SOURCE_COMMIT``, read with git).
 2. One evaluation per set (``OUT/<set>``, resumable: cells already done are kept) with the line-up
-   ``configs/lineup/ablation.yaml`` and the first ``--seeds`` evaluation seeds of the set.
+   ``configs/lineup/adam.yaml`` + ``configs/lineup/ablation.yaml`` and the first ``--seeds`` evaluation seeds of the set.
 3. ``OUT/summary.md`` / ``summary.json``: the generalization suite's across-tasks table and the hold-out
    sets pooled (``learned_opt.evaluation.pool``); publish with ``experiments/publish.py``.
 """
@@ -83,7 +83,7 @@ def main() -> int:
     try:
         make_rules(args.out, sources)
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            lineup = OmegaConf.to_container(compose(config_name="evaluate", overrides=["lineup=ablation"]),
+            lineup = OmegaConf.to_container(compose(config_name="evaluate", overrides=["lineup=[adam,ablation]"]),
                                             resolve=True)["optimizers"]
         lineup = {k: ({**v, "checkpoint": str(args.out / "rules" / Path(v["checkpoint"]).name)}
                       if "checkpoint" in v and v["checkpoint"].startswith("runs/ablation/") else v)
