@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import learned_opt
-from learned_opt.optimizers.fused import (CeloOptions, Hyper, Radial, celo_inputs, fused_celo_step,
-                                          kernel_available)
+from learned_opt.optimizers.fused import (CeloOptions, Hyper, Radial, celo_inputs, fused_celo_members,
+                                          fused_celo_step, kernel_available)
 
 FILES = ("celo_general", "celo_hd", "celo_backoff", "celo_radial")
 KERNEL, WHY = kernel_available()
@@ -213,6 +213,59 @@ def test_200_steps_on_a_conv_attention_net_stay_within_1e_3(backend):
     ref, fused = run_both(learned_opt.load("celo"), names, start, grads_at, 200, backend)
     for n in names:
         torch.testing.assert_close(fused[n], ref[n], rtol=1e-3, atol=1e-3, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.skipif(not KERNEL, reason=f"C kernel unavailable: {WHY}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["celo_general", "celo_radial"])
+def test_members_match_update_members(name, dtype):
+    """P members, each with its own perturbed meta-parameters, in one call: update_members' numbers."""
+    P = 5
+    rule = learned_opt.load(name).to(dtype)
+    g = torch.Generator().manual_seed(3)
+    base = {n: s for n, s in shapes().items() if n != "scalar"}
+    meta = {k: v.detach()[None] + 0.05 * torch.randn((P, *v.shape), generator=g, dtype=dtype)
+            for k, v in rule.named_parameters()}
+    params = {n: torch.randn((P, *s), generator=g, dtype=dtype) for n, s in base.items()}
+    state = rule.init(params, horizon=30)
+    names = list(params)
+    for t in range(4):
+        grads = {n: 1e-2 * torch.randn(p.shape, generator=g, dtype=dtype) + 3e-3 * p for n, p in params.items()}
+        with torch.no_grad():
+            new_params, new_state = rule.update_members(meta, grads, state, params)
+        weights = {k: v.expand(P, *v.shape) for k, v in rule.state_dict().items()}
+        weights.update(meta)
+        _, options, ctl = celo_inputs(rule)
+        keep = {n: (P,) + (1,) * (params[n].dim() - 1) for n in names}
+        first = (lambda t: t.reshape(P, -1)[:, :1].reshape(keep[n]))   # noqa: E731  (n bound below)
+        hyper = radial = None
+        if ctl["hyper"]:
+            hyper = Hyper([], [state["last_dir"][n] for n in names], meta["log_hyper_gain"],
+                          ctl["hyper"]["range"], ctl["hyper"]["shrink"], ctl["hyper"]["floor"])
+            for n in names:
+                hyper.log_step.append(first(state["log_step"][n]))
+        if ctl["radial"]:
+            radial = Radial([], [], **ctl["radial"])
+            for n in names:
+                radial.log_radial.append(first(state["log_radial"][n]))
+                radial.last_radial.append(first(state["last_radial"][n]))
+        out = fused_celo_members([params[n] for n in names], [grads[n] for n in names],
+                                 [[state[k][n] for n in names] for k in rule.momentum_keys],
+                                 [[state[k][n] for n in names] for k in rule.rms_keys], t, 30, weights, options,
+                                 hyper, radial)
+        for i, n in enumerate(names):
+            for member in range(P):
+                want, got = params[n][member] - new_params[n][member], params[n][member] - out.params[i][member]
+                ulp = ULPS * torch.finfo(dtype).eps * params[n][member].abs()
+                assert_close(want + ((got - want).abs() - ulp).clamp_min(0), want, RTOL[dtype],
+                             f"step of {n}, member {member}")
+            if hyper is not None:
+                assert_close(out.hyper.log_step[i], first(new_state["log_step"][n]), RTOL[dtype], f"log_step of {n}",
+                             log=True)
+            if radial is not None:
+                assert_close(out.radial.log_radial[i], first(new_state["log_radial"][n]), RTOL[dtype],
+                             f"log_radial of {n}", log=True)
+        params, state = new_params, new_state
 
 
 def test_bad_input_is_rejected_with_the_field_named():
