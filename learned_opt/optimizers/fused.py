@@ -22,16 +22,24 @@ a few dot products. Three passes over each tensor:
 
 Two implementations of the same passes:
 
-- ``"c"``: a C kernel (``fused_celo.c``, float32 and float64, CPU), compiled with the system C
-  compiler on first use (about 1 s) into a per-user cache and called through ``ctypes``: the speed of
-  this path is the reason for the module. It serves the shipped architecture (decays 5, rms decays
-  2, hidden sizes (8, 8), 5 step timescales) on contiguous CPU tensors.
-- ``"torch"``: the same passes written with torch ops, per tensor (features in chunks of
-  ``CHUNK`` coordinates, so no ``(coordinates x features)`` tensor of a whole tensor is made); any
-  device, dtype and architecture of the rule. Slower on the CPU; on CUDA, the path there is.
+- ``"c"``: a C kernel (``fused_celo.c``: GCC vectors of 8 floats or 4 doubles, float32 and float64, one
+  CPU thread), compiled with the system C compiler on first use (about 1 s) into a per-user cache
+  (``LEARNED_OPT_CACHE``, default ``~/.cache/learned_opt``) and called through ``ctypes``. It serves
+  the shipped architecture (5 decays, 2 rms decays, hidden sizes (8, 8), 5 step timescales) on
+  contiguous CPU tensors. In float32 it takes ``1 / sqrt`` from the hardware estimate and one Newton
+  step (a few ulps from the correctly rounded value; the step still agrees with ``update`` to 1e-5).
+- ``"torch"``: the same passes written with torch ops, per tensor (features in chunks of ``chunk``
+  coordinates, so no ``(coordinates x features)`` tensor of a whole large tensor is made); any device,
+  dtype and architecture of the rule. On the CPU it is a slow fallback; on CUDA it is the path.
 
 ``backend="auto"`` takes the C kernel where it applies and a compiler is found, else the torch
 formulation. ``LEARNED_OPT_FUSED=torch`` in the environment turns the C kernel off.
+
+Also here: :func:`fused_celo_members` (``P`` population members with their own meta-parameters in one
+kernel call: what ``update_members`` computes for the evolution-strategies estimators), and
+:class:`FusedCeloOptimizer` (a ``torch.optim`` optimizer over the fused step, state in place).
+Not implemented (``celo_inputs`` raises): ``orthogonalize``, ``relative_step``, ``snr_step``,
+``bias_rule="adam"``, ``hypergradient_momentum``, a population dim.
 
 State layout (per tensor ``p``; 8 floats per coordinate with both controllers, the rest per tensor)::
 
@@ -66,7 +74,8 @@ __all__ = ["CeloOptions", "Hyper", "Radial", "FusedStep", "FusedCeloOptimizer", 
 
 EPS = 1e-20                 # as in normalized.py: every normalisation
 BACKENDS = ("auto", "c", "torch")
-CHUNK = 1 << 16             # the torch formulation builds features for this many coordinates at a time
+CHUNK = 1 << 16             # the torch formulation builds features for this many coordinates at a time (CPU)
+CHUNK_CUDA = 1 << 22        # and on a GPU, where fewer, larger kernels are faster
 WEIGHT_NAMES = ("layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias", "layers.2.weight",
                 "layers.2.bias", "skip")
 _KERNEL_SHAPE = {"decays": 5, "rms_decays": 2, "timescales": 5, "hidden": (8, 8)}   # what fused_celo.c is built for
@@ -483,7 +492,7 @@ def _torch_step(params, grads, momenta, rms, tf, weights, options, hyper, radial
 def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Sequence[Tensor]],
                     rms: Sequence[Sequence[Tensor]], step: int, horizon: int | None, weights: dict[str, Tensor],
                     options: CeloOptions, hyper: Hyper | None = None, radial: Radial | None = None, *,
-                    inplace: bool = False, backend: str = "auto", chunk: int | None = CHUNK) -> FusedStep:
+                    inplace: bool = False, backend: str = "auto", chunk: int | None = None) -> FusedStep:
     """One step of the normalised MLP rule on every tensor of ``params``: the numbers of
     ``NormalizedMLPOptimizer.update`` (every tensor through the MLP, ``bias_rule="mlp"``), fast.
 
@@ -501,7 +510,8 @@ def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: 
         inplace: write the results into the given params and state tensors (and return them); otherwise
             every returned tensor is new and the inputs are left alone.
         backend: ``"auto"``, ``"c"`` (raise if the C kernel cannot serve the call) or ``"torch"``.
-        chunk: coordinates per feature chunk in the torch formulation (``None``: a whole tensor at once).
+        chunk: coordinates per feature chunk in the torch formulation (``None``: ``CHUNK`` on the CPU,
+            ``CHUNK_CUDA`` elsewhere).
 
     Returns:
         :class:`FusedStep`: the new params, momenta, second moments and controller states.
@@ -530,6 +540,8 @@ def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: 
                          None if radial is None else Radial([], [], radial.gain, radial.range, radial.shrink))
     if use_c:
         return _c_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, inplace)
+    if chunk is None:
+        chunk = CHUNK if params[0].device.type == "cpu" else CHUNK_CUDA
     return _torch_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, inplace, chunk)
 
 
