@@ -68,9 +68,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["CeloOptions", "Hyper", "Radial", "FusedStep", "FusedCeloOptimizer", "fused_celo_step", "fused_celo_members",
-           "celo_inputs",
-           "kernel_available", "pack_weights",
-           "BACKENDS", "CHUNK"]
+           "celo_inputs", "kernel_available", "pack_weights", "BACKENDS", "CHUNK", "CHUNK_CUDA"]
 
 EPS = 1e-20                 # as in normalized.py: every normalisation
 BACKENDS = ("auto", "c", "torch")
@@ -286,6 +284,8 @@ def _kernel_applies(params, grads, states, weights, options) -> bool:
     if dtype not in (torch.float32, torch.float64):
         return False
     if (len(options.decays), len(options.rms_decays), len(options.timescales)) != (5, 2, 5):
+        return False
+    if "layers.3.weight" in weights:
         return False
     if tuple(weights["layers.0.weight"].shape) != (8, 26) or tuple(weights["layers.1.weight"].shape) != (8, 8) \
             or tuple(weights["layers.2.weight"].shape) != (2, 8):
