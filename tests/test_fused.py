@@ -286,6 +286,8 @@ def test_bad_input_is_rejected_with_the_field_named():
     with pytest.raises(ValueError, match="backend='c' cannot serve"):
         fused_celo_step([params["w"].half()], [torch.randn(4, 3).half()], half, [[t.half() for t in group] for group in rms],
                         0, None, weights, options, backend="c")
+    empty = fused_celo_step([], [], [[]] * 5, [[]] * 2, 0, None, weights, options, Hyper([], [], 0.0), None)
+    assert empty.params == [] and empty.hyper.log_step == [] and empty.radial is None
     from learned_opt.optimizers import NormalizedMLPOptimizer
     with pytest.raises(ValueError, match="orthogonalize"):
         celo_inputs(NormalizedMLPOptimizer(orthogonalize=True))

@@ -525,6 +525,10 @@ def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: 
     states = [t for group in (*momenta, *rms) for t in group]
     if hyper is not None:
         states += list(hyper.last_dir)
+    if not params:
+        return FusedStep([], [[] for _ in momenta], [[] for _ in rms],
+                         None if hyper is None else Hyper([], [], hyper.log_gain, hyper.range, hyper.shrink, hyper.floor),
+                         None if radial is None else Radial([], [], radial.gain, radial.range, radial.shrink))
     use_c = False
     if backend != "torch":
         applies = _kernel_applies(params, grads, states, weights, options)
@@ -534,10 +538,6 @@ def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: 
                                               f"and the shipped architecture {_KERNEL_SHAPE}")
             raise ValueError(f"backend='c' cannot serve this call: {why}")
         use_c = lib is not None
-    if not params:
-        return FusedStep([], [[] for _ in momenta], [[] for _ in rms],
-                         None if hyper is None else Hyper([], [], hyper.log_gain, hyper.range, hyper.shrink, hyper.floor),
-                         None if radial is None else Radial([], [], radial.gain, radial.range, radial.shrink))
     if use_c:
         return _c_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, inplace)
     if chunk is None:
