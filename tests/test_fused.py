@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 import learned_opt
-from learned_opt.optimizers.fused import (CeloOptions, Hyper, Radial, celo_inputs, fused_celo_members,
-                                          fused_celo_step, kernel_available)
+import baselines as B
+from learned_opt.optimizers.fused import (CeloOptions, FusedCeloOptimizer, Hyper, Radial, celo_inputs,
+                                          fused_celo_members, fused_celo_step, kernel_available)
 
 FILES = ("celo_general", "celo_hd", "celo_backoff", "celo_radial")
 KERNEL, WHY = kernel_available()
@@ -266,6 +267,32 @@ def test_members_match_update_members(name, dtype):
                 assert_close(out.radial.log_radial[i], first(new_state["log_radial"][n]), RTOL[dtype],
                              f"log_radial of {n}", log=True)
         params, state = new_params, new_state
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_optimizer_steps_like_the_rule_optimizer(backend):
+    """FusedCeloOptimizer on an nn.Module takes the steps of baselines.RuleOptimizer over the same rule;
+    its state is 8 floats per parameter (plus one value per tensor for each of 3 controller scalars).
+    (A plain MLP: in attention's key bias the gradient is zero but for rounding, and a scale-free rule
+    turns that rounding into O(1) features, so two roundings of the same step differ there by a step.)"""
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [B.RuleOptimizer(nets[0].parameters(), learned_opt.load("celo")),
+            FusedCeloOptimizer(nets[1].parameters(), learned_opt.load("celo"), backend=backend)]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 20, generator=g), torch.randint(0, 3, (64,), generator=g)
+    for _ in range(5):
+        for net, opt in zip(nets, opts):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    floats = sum(t.numel() for st in opts[1].state.values() for v in st.values()
+                 for t in (v if isinstance(v, list) else [v]) if isinstance(t, torch.Tensor))
+    params = list(nets[1].parameters())
+    assert floats == 8 * sum(p.numel() for p in params) + 3 * len(params)
 
 
 def test_bad_input_is_rejected_with_the_field_named():
