@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ["bench_meta_step", "bench_vs_higher", "bench_population", "bench_flops", "bench_memory", "bench_estimators",
-              "bench_celo_step"]
+              "bench_celo_step", "bench_fused_pes"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

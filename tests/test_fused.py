@@ -5,7 +5,9 @@ formulation) gives the step, the state and the controllers' state of the rule's 
 core and its controllers, run with grad enabled so that ``update`` does not take the fused step itself):
 to 1e-5 relative in float32 (plus the rounding of ``w - step`` itself, a few ulps of ``w``) and 1e-10
 in float64, on MLP, conv and transformer-shaped tensors (0-d and 1-d included), at the first step and at
-later ones (controllers active). A 200-step run of each path from the same start stays within 1e-3.
+later ones (controllers active). 200-step runs of both paths from the same start stay within 1e-3: the
+digits MLP task in float32, a conv + attention net in float64. The members function against
+``update_members``; the ``torch.optim`` optimizer against ``baselines.RuleOptimizer``.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ import pytest
 import torch
 from torch import nn
 
+import baselines as B
 import learned_opt
 from learned_opt.optimizers import Celo, Controlled
-from learned_opt.optimizers.fused import (CeloOptions, Hyper, Radial, celo_inputs, fused_celo_step,
-                                          kernel_available)
+from learned_opt.optimizers.fused import (CeloOptions, FusedCeloOptimizer, Hyper, Radial, celo_inputs,
+                                          fused_celo_members, fused_celo_step, kernel_available)
 
 FILES = ("celo_general", "celo_hd", "celo_backoff", "celo_radial")
 KERNEL, WHY = kernel_available()
@@ -222,6 +225,85 @@ def test_200_steps_on_a_conv_attention_net_stay_within_1e_3(backend):
         torch.testing.assert_close(fused[n], ref[n], rtol=1e-3, atol=1e-3, msg=lambda m: f"{n}: {m}")
 
 
+@pytest.mark.skipif(not KERNEL, reason=f"C kernel unavailable: {WHY}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["celo_general", "celo_radial"])
+def test_members_match_update_members(name, dtype):
+    """P members, each with its own perturbed meta-parameters, in one call: update_members' numbers."""
+    P = 5
+    rule = learned_opt.load(name).to(dtype)
+    g = torch.Generator().manual_seed(3)
+    base = {n: s for n, s in shapes().items() if n != "scalar"}
+    meta = {k: v.detach()[None] + 0.05 * torch.randn((P, *v.shape), generator=g, dtype=dtype)
+            for k, v in rule.named_parameters()}
+    params = {n: torch.randn((P, *s), generator=g, dtype=dtype) for n, s in base.items()}
+    from learned_opt.tasks.population import stack_trees   # each member's own state, stacked (as ES/PES do)
+    state = stack_trees([rule.init({n: p[i] for n, p in params.items()}, horizon=30) for i in range(P)])
+    names = list(params)
+    for t in range(4):
+        grads = {n: 1e-2 * torch.randn(p.shape, generator=g, dtype=dtype) + 3e-3 * p for n, p in params.items()}
+        with torch.no_grad():
+            new_params, new_state = rule.update_members(meta, grads, state, params)
+        prefix = "core." if isinstance(rule, Controlled) else ""
+        weights = {k: v.expand(P, *v.shape) for k, v in core(rule).state_dict().items()}
+        weights.update({k[len(prefix):]: v for k, v in meta.items() if k.startswith(prefix)})
+        _, options, ctl = celo_inputs(rule)
+        hyper = radial = None
+        if ctl["hyper"]:
+            hyper = Hyper([state["hypergradient.log_step"][n] for n in names],
+                          [state["hypergradient.last_dir"][n] for n in names],
+                          meta["controllers.hypergradient.log_gain"], ctl["hyper"]["range"], ctl["hyper"]["shrink"],
+                          ctl["hyper"]["floor"])
+        if ctl["radial"]:
+            radial = Radial([state["radial.log_radial"][n] for n in names],
+                            [state["radial.last_radial"][n] for n in names], **ctl["radial"])
+        out = fused_celo_members([params[n] for n in names], [grads[n] for n in names],
+                                 [[state[k][n] for n in names] for k in core(rule).momentum_keys],
+                                 [[state[k][n] for n in names] for k in core(rule).rms_keys], t, 30, weights, options,
+                                 hyper, radial)
+        for i, n in enumerate(names):
+            for member in range(P):
+                want, got = params[n][member] - new_params[n][member], params[n][member] - out.params[i][member]
+                ulp = ULPS * torch.finfo(dtype).eps * params[n][member].abs()
+                assert_close(want + ((got - want).abs() - ulp).clamp_min(0), want, RTOL[dtype],
+                             f"step of {n}, member {member}")
+            if hyper is not None:
+                assert_close(out.hyper.log_step[i], new_state["hypergradient.log_step"][n], RTOL[dtype],
+                             f"log_step of {n}", log=True)
+                assert_close(out.hyper.last_dir[i], new_state["hypergradient.last_dir"][n], RTOL[dtype],
+                             f"last_dir of {n}")
+            if radial is not None:
+                assert_close(out.radial.log_radial[i], new_state["radial.log_radial"][n], RTOL[dtype],
+                             f"log_radial of {n}", log=True)
+        params, state = new_params, new_state
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_optimizer_steps_like_the_rule_optimizer(backend):
+    """FusedCeloOptimizer on an nn.Module takes the steps of baselines.RuleOptimizer over the same rule;
+    its state is 8 floats per parameter (plus one value per tensor for each of 3 controller scalars).
+    (A plain MLP: in attention's key bias the gradient is zero but for rounding, and a scale-free rule
+    turns that rounding into O(1) features, so two roundings of the same step differ there by a step.)"""
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [B.RuleOptimizer(nets[0].parameters(), learned_opt.load("celo")),
+            FusedCeloOptimizer(nets[1].parameters(), learned_opt.load("celo"), backend=backend)]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 20, generator=g), torch.randint(0, 3, (64,), generator=g)
+    for _ in range(5):
+        for net, opt in zip(nets, opts):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    floats = sum(t.numel() for st in opts[1].state.values() for v in st.values()
+                 for t in (v if isinstance(v, list) else [v]) if isinstance(t, torch.Tensor))
+    params = list(nets[1].parameters())
+    assert floats == 8 * sum(p.numel() for p in params) + 3 * len(params)
+
+
 def test_bad_input_is_rejected_with_the_field_named():
     rule = learned_opt.load("celo")
     params = {"w": torch.randn(4, 3)}
@@ -240,6 +322,8 @@ def test_bad_input_is_rejected_with_the_field_named():
     with pytest.raises(ValueError, match="backend='c' cannot serve"):
         fused_celo_step([params["w"].half()], [torch.randn(4, 3).half()], half, [[t.half() for t in group] for group in rms],
                         0, None, weights, options, backend="c")
+    empty = fused_celo_step([], [], [[]] * 5, [[]] * 2, 0, None, weights, options, Hyper([], [], 0.0), None)
+    assert empty.params == [] and empty.hyper.log_step == [] and empty.radial is None
     with pytest.raises(ValueError, match="controllers \\['snr'"):
         celo_inputs(Controlled(Celo(), [{"name": "snr"}]))
     with pytest.raises(ValueError, match="momentum"):

@@ -12,6 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${1:-runs/bench_celo_gpu}"
 PY="${PYTHON:-python}"
+if ! "$PY" -c "import torch, learned_opt" 2>/dev/null; then
+    echo "gpu_check: $PY cannot import torch and learned_opt (activate the project's environment, or set PYTHON)" >&2
+    exit 1
+fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check: no CUDA device here; nothing to check"
     exit 0

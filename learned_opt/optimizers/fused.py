@@ -22,16 +22,24 @@ a few dot products. Three passes over each tensor:
 
 Two implementations of the same passes:
 
-- ``"c"``: a C kernel (``fused_celo.c``, float32 and float64, CPU), compiled with the system C
-  compiler on first use (about 1 s) into a per-user cache and called through ``ctypes``: the speed of
-  this path is the reason for the module. It serves the shipped architecture (decays 5, rms decays
-  2, hidden sizes (8, 8), 5 step timescales) on contiguous CPU tensors.
-- ``"torch"``: the same passes written with torch ops, per tensor (features in chunks of
-  ``CHUNK`` coordinates, so no ``(coordinates x features)`` tensor of a whole tensor is made); any
-  device, dtype and architecture of the rule. Slower on the CPU; on CUDA, the path there is.
+- ``"c"``: a C kernel (``fused_celo.c``: GCC vectors of 8 floats or 4 doubles, float32 and float64, one
+  CPU thread), compiled with the system C compiler on first use (about 1 s) into a per-user cache
+  (``LEARNED_OPT_CACHE``, default ``~/.cache/learned_opt``) and called through ``ctypes``. It serves
+  the shipped architecture (5 decays, 2 rms decays, hidden sizes (8, 8), 5 step timescales) on
+  contiguous CPU tensors. In float32 it takes ``1 / sqrt`` from the hardware estimate and one Newton
+  step (a few ulps from the correctly rounded value; the step still agrees with ``update`` to 1e-5).
+- ``"torch"``: the same passes written with torch ops, per tensor (features in chunks of ``chunk``
+  coordinates, so no ``(coordinates x features)`` tensor of a whole large tensor is made); any device,
+  dtype and architecture of the rule. On the CPU it is a slow fallback; on CUDA it is the path.
 
 ``backend="auto"`` takes the C kernel where it applies and a compiler is found, else the torch
 formulation. ``LEARNED_OPT_FUSED=torch`` in the environment turns the C kernel off.
+
+Also here: :func:`fused_celo_members` (``P`` population members with their own meta-parameters in one
+kernel call: what ``update_members`` computes for the evolution-strategies estimators), and
+:class:`FusedCeloOptimizer` (a ``torch.optim`` optimizer over the fused step, state in place).
+Not implemented (``celo_inputs`` raises): ``orthogonalize``, ``relative_step``, ``snr_step``,
+``bias_rule="adam"``, ``hypergradient_momentum``, a population dim.
 
 State layout (per tensor ``p``; 8 floats per coordinate with both controllers, the rest per tensor)::
 
@@ -59,13 +67,13 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CeloOptions", "Hyper", "Radial", "FusedStep", "FusedCeloOptimizer", "fused_celo_step", "celo_inputs",
-           "kernel_available", "pack_weights",
-           "BACKENDS", "CHUNK"]
+__all__ = ["CeloOptions", "Hyper", "Radial", "FusedStep", "FusedCeloOptimizer", "fused_celo_step", "fused_celo_members",
+           "celo_inputs", "kernel_available", "pack_weights", "BACKENDS", "CHUNK", "CHUNK_CUDA"]
 
 EPS = 1e-20                 # as in normalized.py: every normalisation
 BACKENDS = ("auto", "c", "torch")
-CHUNK = 1 << 16             # the torch formulation builds features for this many coordinates at a time
+CHUNK = 1 << 16             # the torch formulation builds features for this many coordinates at a time (CPU)
+CHUNK_CUDA = 1 << 22        # and on a GPU, where fewer, larger kernels are faster
 WEIGHT_NAMES = ("layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias", "layers.2.weight",
                 "layers.2.bias", "skip")
 _KERNEL_SHAPE = {"decays": 5, "rms_decays": 2, "timescales": 5, "hidden": (8, 8)}   # what fused_celo.c is built for
@@ -245,8 +253,7 @@ def _load_kernel() -> ctypes.CDLL | None:
             return None
         for fn in (lib.celo_step_f32, lib.celo_step_f64):
             fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+            fn.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 8
         _lib = lib
         return _lib
 
@@ -291,21 +298,25 @@ def _kernel_applies(params, grads, states, weights, options) -> bool:
     return {(t.device.type, t.dtype) for t in tensors} == {("cpu", dtype)} and all(t.is_contiguous() for t in tensors)
 
 
-def _c_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, inplace) -> FusedStep:
-    lib = _load_kernel()
-    nt, dtype = len(params), params[0].dtype
+def _config(options: CeloOptions, tf: list[float], log_scale: float, log_gain: float | None, hyper, radial) -> list[float]:
+    """The kernel's config vector (``fused_celo.c``'s ``cfg`` layout) for one set of meta-parameters."""
     alpha = options.step_mult * options.lr
-    cfg = [*options.decays, *options.rms_decays, *tf,
-           math.exp(_scalar(weights["log_scale"])) * alpha, 1 - alpha * options.weight_decay,
+    cfg = [*options.decays, *options.rms_decays, *tf, math.exp(log_scale) * alpha, 1 - alpha * options.weight_decay,
            float(options.weight_decay != 0), float(options.output_norm), float(options.magnitude),
            float(options.magnitude_log_range or 0.0)]
     if hyper is not None:
         low = -hyper.range if hyper.floor is None else hyper.floor
-        cfg += [1.0, math.exp(_scalar(hyper.log_gain)), low, hyper.range, hyper.shrink]
+        cfg += [1.0, math.exp(log_gain), low, hyper.range, hyper.shrink]
     else:
         cfg += [0.0, 0.0, 0.0, 0.0, 1.0]
-    cfg += [1.0, radial.gain, radial.range, radial.shrink] if radial is not None else [0.0, 0.0, 1.0, 1.0]
-    cfg_t = torch.tensor(cfg, dtype=torch.float64)
+    return cfg + ([1.0, radial.gain, radial.range, radial.shrink] if radial is not None else [0.0, 0.0, 1.0, 1.0])
+
+
+def _c_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, inplace) -> FusedStep:
+    lib = _load_kernel()
+    nt, dtype = len(params), params[0].dtype
+    cfg_t = torch.tensor(_config(options, tf, _scalar(weights["log_scale"]),
+                                 None if hyper is None else _scalar(hyper.log_gain), hyper, radial), dtype=torch.float64)
     wt = weights.get(_PACKED)
     if wt is None:
         wt = torch.cat([weights[k].detach().reshape(-1).to(device="cpu", dtype=torch.float64) for k in WEIGHT_NAMES])
@@ -321,12 +332,11 @@ def _c_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, in
     numel = [p.numel() for p in params]
     scratch = None if hyper is not None else torch.empty(max(numel), dtype=dtype)
 
-    ptrs = (ctypes.c_void_p * (20 * nt))()
     columns = [grads, params, *momenta, *rms, last, new_params, *new_m, *new_v]
-    for j, col in enumerate(columns):
-        ptrs[j::20] = [t.data_ptr() for t in col]
-    ptrs[18::20] = [t.data_ptr() for t in new_last] if new_last is not None else [None] * nt
-    ptrs[19::20] = [scratch.data_ptr()] * nt if scratch is not None else [None] * nt
+    ptr_rows = [[t.data_ptr() for t in col] for col in columns]
+    ptr_rows.append([t.data_ptr() for t in new_last] if new_last is not None else [0] * nt)
+    ptr_rows.append([scratch.data_ptr()] * nt if scratch is not None else [0] * nt)
+    ptrs = torch.tensor(ptr_rows, dtype=torch.int64).T.contiguous()   # (nt, 20): fused_celo.c's NPTR layout
 
     ctl_in = torch.zeros(nt, 3, dtype=torch.float64)
     if hyper is not None:
@@ -338,7 +348,8 @@ def _c_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, in
     numel_t = torch.tensor(numel, dtype=torch.int64)
     zero_dim = torch.tensor([p.dim() == 0 for p in params], dtype=torch.int64)
     fn = lib.celo_step_f32 if dtype == torch.float32 else lib.celo_step_f64
-    fn(nt, numel_t.data_ptr(), zero_dim.data_ptr(), ctypes.addressof(ptrs), cfg_t.data_ptr(), wt.data_ptr(),
+    sets = torch.zeros(nt, dtype=torch.int64)
+    fn(nt, numel_t.data_ptr(), zero_dim.data_ptr(), sets.data_ptr(), ptrs.data_ptr(), cfg_t.data_ptr(), wt.data_ptr(),
        ctl_in.data_ptr(), ctl_out.data_ptr())
 
     def per_tensor(column: int, old: list[Tensor]) -> list[Tensor]:
@@ -493,7 +504,7 @@ def _torch_step(params, grads, momenta, rms, tf, weights, options, hyper, radial
 def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Sequence[Tensor]],
                     rms: Sequence[Sequence[Tensor]], step: int, horizon: int | None, weights: dict[str, Tensor],
                     options: CeloOptions, hyper: Hyper | None = None, radial: Radial | None = None, *,
-                    inplace: bool = False, backend: str = "auto", chunk: int | None = CHUNK) -> FusedStep:
+                    inplace: bool = False, backend: str = "auto", chunk: int | None = None) -> FusedStep:
     """One step of the normalised MLP rule on every tensor of ``params``: the numbers of
     ``NormalizedMLPOptimizer.update`` (every tensor through the MLP, ``bias_rule="mlp"``), fast.
 
@@ -511,7 +522,8 @@ def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: 
         inplace: write the results into the given params and state tensors (and return them); otherwise
             every returned tensor is new and the inputs are left alone.
         backend: ``"auto"``, ``"c"`` (raise if the C kernel cannot serve the call) or ``"torch"``.
-        chunk: coordinates per feature chunk in the torch formulation (``None``: a whole tensor at once).
+        chunk: coordinates per feature chunk in the torch formulation (``None``: ``CHUNK`` on the CPU,
+            ``CHUNK_CUDA`` elsewhere).
 
     Returns:
         :class:`FusedStep`: the new params, momenta, second moments and controller states.
@@ -525,6 +537,10 @@ def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: 
     states = [t for group in (*momenta, *rms) for t in group]
     if hyper is not None:
         states += list(hyper.last_dir)
+    if not params:
+        return FusedStep([], [[] for _ in momenta], [[] for _ in rms],
+                         None if hyper is None else Hyper([], [], hyper.log_gain, hyper.range, hyper.shrink, hyper.floor),
+                         None if radial is None else Radial([], [], radial.gain, radial.range, radial.shrink))
     use_c = False
     if backend != "torch":
         applies = _kernel_applies(params, grads, states, weights, options)
@@ -534,13 +550,94 @@ def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: 
                                               f"and the shipped architecture {_KERNEL_SHAPE}")
             raise ValueError(f"backend='c' cannot serve this call: {why}")
         use_c = lib is not None
-    if not params:
-        return FusedStep([], [[] for _ in momenta], [[] for _ in rms],
-                         None if hyper is None else Hyper([], [], hyper.log_gain, hyper.range, hyper.shrink, hyper.floor),
-                         None if radial is None else Radial([], [], radial.gain, radial.range, radial.shrink))
     if use_c:
         return _c_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, inplace)
+    if chunk is None:
+        chunk = CHUNK if params[0].device.type == "cpu" else CHUNK_CUDA
     return _torch_step(params, grads, momenta, rms, tf, weights, options, hyper, radial, inplace, chunk)
+
+
+@torch.no_grad()
+def fused_celo_members(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Sequence[Tensor]],
+                       rms: Sequence[Sequence[Tensor]], step: int, horizon: int | None, weights: dict[str, Tensor],
+                       options: CeloOptions, hyper: Hyper | None = None, radial: Radial | None = None) -> FusedStep:
+    """:func:`fused_celo_step` for ``P`` population members at once, member ``i`` with its own meta-parameters
+    (what ``NormalizedMLPOptimizer.update_members`` computes for the evolution-strategies estimators), in one
+    call of the C kernel.
+
+    Every tensor has a leading member dim ``P``: params, grads, momenta, rms and ``last_dir`` of shape
+    ``(P, *shape)``; the per-tensor controller state ``(P, 1, ...)`` (one value per member and tensor);
+    every weight ``(P, *weight_shape)`` (``expand`` the shared ones) and ``hyper.log_gain`` ``(P,)``.
+    Returns new tensors in the same layout. Raises ``ValueError`` where the C kernel cannot serve the call
+    (it needs contiguous float32/float64 CPU tensors and the shipped architecture)."""
+    if not params:
+        raise ValueError("fused_celo_members needs at least one parameter tensor")
+    P = params[0].shape[0] if params[0].dim() else 0
+    for name, t in [("params", p) for p in params] + [(f"weights[{k!r}]", weights[k]) for k in (*WEIGHT_NAMES, "log_scale")]:
+        if t.dim() == 0 or t.shape[0] != P:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}: every tensor needs the leading member dim {P}")
+    member = [p[0] for p in params]
+    _check(member, [g[0] for g in grads], [[t[0] for t in g] for g in momenta], [[t[0] for t in g] for g in rms],
+           {k: v[0] for k, v in weights.items() if k in (*WEIGHT_NAMES, "log_scale")}, options,
+           None if hyper is None else Hyper([t[0] for t in hyper.log_step], [t[0] for t in hyper.last_dir], 0.0,
+                                            hyper.range, hyper.shrink, hyper.floor),
+           None if radial is None else Radial([t[0] for t in radial.log_radial], [t[0] for t in radial.last_radial],
+                                              radial.gain, radial.range, radial.shrink), "c")
+    states = [t for group in (*momenta, *rms) for t in group] + (list(hyper.last_dir) if hyper is not None else [])
+    packed = {k: weights[k][0] for k in (*WEIGHT_NAMES, "log_scale")}
+    if not _kernel_applies(params, grads, states, packed, options) or _load_kernel() is None:
+        raise ValueError("fused_celo_members runs on the C kernel: contiguous float32/float64 CPU tensors, the shipped "
+                         f"architecture {_KERNEL_SHAPE}, and a C compiler ({_lib_error or 'found'})")
+    lib, dtype, T = _load_kernel(), params[0].dtype, len(params)
+    tf = _time_features(step, horizon, options.timescales)
+    log_scale = weights["log_scale"].reshape(P).double().tolist()
+    gains = hyper.log_gain.reshape(P).double().tolist() if hyper is not None else [None] * P
+    cfg = torch.tensor([_config(options, tf, log_scale[i], gains[i], hyper, radial) for i in range(P)],
+                       dtype=torch.float64)
+    wt = torch.cat([weights[k].reshape(P, -1).to(torch.float64) for k in WEIGHT_NAMES], dim=1).contiguous()
+    new_params = [torch.empty_like(p) for p in params]
+    new_m = [[torch.empty_like(t) for t in group] for group in momenta]
+    new_v = [[torch.empty_like(t) for t in group] for group in rms]
+    last = hyper.last_dir if hyper is not None else grads
+    new_last = [torch.empty_like(t) for t in hyper.last_dir] if hyper is not None else None
+    numel = [p[0].numel() for p in params]
+    scratch = torch.empty(max(numel), dtype=dtype) if hyper is None else None
+    columns = [grads, params, *momenta, *rms, last, new_params, *new_m, *new_v]
+    base = [[t.data_ptr() for t in col] for col in columns]
+    base.append([t.data_ptr() for t in new_last] if new_last is not None else [0] * T)
+    base.append([scratch.data_ptr()] * T if scratch is not None else [0] * T)
+    base_t = torch.tensor(base, dtype=torch.int64).T                                  # (T, 20)
+    stride = torch.tensor([n * params[0].element_size() for n in numel], dtype=torch.int64)
+    moving = torch.ones(20, dtype=torch.int64)
+    moving[19] = 0                                                                    # the scratch is shared
+    if new_last is None:
+        moving[18] = 0
+    offsets = torch.arange(P, dtype=torch.int64)[:, None, None] * stride[None, :, None] * moving   # (P, T, 20)
+    ptrs = (base_t[None] + offsets).contiguous()
+    ctl_in = torch.zeros(P, T, 3, dtype=torch.float64)
+    if hyper is not None:
+        ctl_in[..., 0] = torch.stack([t.reshape(P) for t in hyper.log_step], 1)
+    if radial is not None:
+        ctl_in[..., 1] = torch.stack([t.reshape(P) for t in radial.log_radial], 1)
+        ctl_in[..., 2] = torch.stack([t.reshape(P) for t in radial.last_radial], 1)
+    ctl_out = torch.empty_like(ctl_in)
+    numel_t = torch.tensor(numel * P, dtype=torch.int64)
+    zero_dim = torch.tensor([p.dim() == 1 for p in params] * P, dtype=torch.int64)
+    sets = torch.arange(P, dtype=torch.int64).repeat_interleave(T)
+    fn = lib.celo_step_f32 if dtype == torch.float32 else lib.celo_step_f64
+    fn(P * T, numel_t.data_ptr(), zero_dim.data_ptr(), sets.data_ptr(), ptrs.data_ptr(), cfg.data_ptr(), wt.data_ptr(),
+       ctl_in.data_ptr(), ctl_out.data_ptr())
+
+    def per_tensor(column: int, like: list[Tensor]) -> list[Tensor]:
+        return [ctl_out[:, k, column].to(dtype).reshape(t.shape) for k, t in enumerate(like)]
+
+    new_hyper = new_radial = None
+    if hyper is not None:
+        new_hyper = Hyper(per_tensor(0, hyper.log_step), new_last, hyper.log_gain, hyper.range, hyper.shrink, hyper.floor)
+    if radial is not None:
+        new_radial = Radial(per_tensor(1, radial.log_radial), per_tensor(2, radial.last_radial), radial.gain,
+                            radial.range, radial.shrink)
+    return FusedStep(new_params, new_m, new_v, new_hyper, new_radial)
 
 
 def celo_inputs(rule) -> tuple[dict[str, Tensor], CeloOptions, dict]:

@@ -339,10 +339,12 @@ static void FN(one_tensor)(int64_t n, int zero_dim, SCALAR **p, const double *cf
     PROF(3)
 }
 
-int FN(celo_step)(int64_t nt, const int64_t *numel, const int64_t *zero_dim, SCALAR **ptrs, const double *cfg,
-                  const double *weights, const double *ctl_in, double *ctl_out) {
+/* nt tensors; tensor t takes the config and weights of set[t] (population members: one set each) */
+int FN(celo_step)(int64_t nt, const int64_t *numel, const int64_t *zero_dim, const int64_t *set, SCALAR **ptrs,
+                  const double *cfg, const double *weights, const double *ctl_in, double *ctl_out) {
     for (int64_t t = 0; t < nt; t++)
-        FN(one_tensor)(numel[t], (int)zero_dim[t], ptrs + t * NPTR, cfg, weights, ctl_in + t * NCTL, ctl_out + t * NCTL);
+        FN(one_tensor)(numel[t], (int)zero_dim[t], ptrs + t * NPTR, cfg + set[t] * C_SIZE, weights + set[t] * O_SIZE,
+                       ctl_in + t * NCTL, ctl_out + t * NCTL);
     return 0;
 }
 
