@@ -51,7 +51,9 @@ def test_registered_as_celo_with_at_most_a_dozen_options():
     assert LEARNED_RULES["celo"] is Celo
     assert len(inspect.signature(Celo.__init__).parameters) - 1 <= 12
     rule = make_learned_rule("celo")
-    assert rule.hidden_sizes == [8, 8] and rule.hparam_names == ("lr",) and rule.numeric_hparams() is False
+    from learned_opt.optimizers.fused import kernel_available
+    assert rule.hidden_sizes == [8, 8] and rule.hparam_names == ("lr",)
+    assert rule.numeric_hparams() is kernel_available()[0]   # the adapter's in-place path: the fused step
     assert rule.num_inputs == len(rule.feature_names()) == 2 + 5 + 2 * 6 + 5 + 2
     assert rule.feature_names()[rule.init_feature_index()] == "m_0.9/sqrt(v_0.999)"
     assert {n for n, _ in rule.named_parameters()} == {

@@ -388,3 +388,37 @@ def test_update_under_no_grad_takes_the_fused_step_and_gives_the_same_numbers(na
     with torch.no_grad():
         rule.update(grads, state, params)
     assert len(calls) == (4 if KERNEL else 0)
+
+
+@pytest.mark.skipif(not KERNEL, reason=f"C kernel unavailable: {WHY}")
+@pytest.mark.parametrize("name", FILES)
+def test_the_adapter_takes_the_fused_step_in_place_with_the_rules_numbers(name, monkeypatch):
+    """baselines.RuleOptimizer over a shipped file calls its update_ (the fused step in place) and follows the
+    differentiable update's trajectory; with an lr scheduler's multiplier too (folded into the step, the radial
+    coefficient kept in the step's own units)."""
+    import learned_opt.optimizers.fused as F
+    calls = []
+    real = F.fused_celo_step
+    monkeypatch.setattr(F, "fused_celo_step", lambda *a, **k: calls.append(k.get("inplace")) or real(*a, **k))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 3)).double()
+    rule = learned_opt.load(name).double()
+    opt = B.RuleOptimizer(net.parameters(), rule, lr=0.7)
+    names = [n for n, _ in net.named_parameters()]
+    ref_rule = learned_opt.load(name).double()
+    ref_rule.lr = 0.7   # the adapter's lr is the rule's outer multiplier
+    params = {n: p.detach().clone() for n, p in net.named_parameters()}
+    state = ref_rule.init(params)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 20, generator=g, dtype=torch.float64), torch.randint(0, 3, (64,), generator=g)
+    for _ in range(6):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        grads = {n: p.grad.clone() for n, p in zip(names, net.parameters())}
+        opt.step()
+        params, state = reference_update(ref_rule, grads, state, params)
+        for n, p in zip(names, net.parameters()):
+            torch.testing.assert_close(p.detach(), params[n], rtol=1e-10, atol=1e-12)
+    assert calls and all(calls)   # every step went through the fused step, in place
+    first = next(net.parameters())
+    assert opt.state[first].keys() == {"step", *(k for k in state if k not in ("step",))}

@@ -478,10 +478,11 @@ def test_lstm_with_grad_rms_input_and_step_is_scale_equivariant_and_without_is_n
 
 
 def test_every_registered_rule_is_a_learned_rule_with_the_shared_bookkeeping():
-    from learned_opt.optimizers import LearnedRule
+    from learned_opt.optimizers import LearnedRule, fused
     for name, cls in LEARNED_RULES.items():
         rule = make_rule(name)
-        assert isinstance(rule, LearnedRule) and rule.hparam_names == ("lr",) and rule.numeric_hparams() is False
+        assert isinstance(rule, LearnedRule) and rule.hparam_names == ("lr",)
+        assert rule.numeric_hparams() is (name == "celo" and fused.kernel_available()[0])   # the adapter's fast path
         rebuilt = cls(**rule.config())
         assert rebuilt.config() == rule.config(), name
     assert "hidden_size=20" in repr(LSTMOptimizer())  # repr from config

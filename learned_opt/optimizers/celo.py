@@ -150,6 +150,15 @@ class Celo(LearnedRule):
         self.register_buffer("inv_timescales", torch.tensor([1.0 / s for s in self.step_timescales]),
                              persistent=False)
 
+    # ------------------------------------------------------------------ the torch.optim adapter's fast path
+    def numeric_hparams(self) -> bool:
+        """True where the fused step serves this rule: :class:`baselines.RuleOptimizer` then calls ``update_``
+        (the fused step in place) instead of the pure ``update``."""
+        return fused.applies(self)
+
+    def update_(self, grads: list, bufs: dict, params: list, step: int) -> dict:
+        return self.fused_update_(grads, bufs, params, step)
+
     # ------------------------------------------------------------------ bookkeeping
     def config(self) -> dict[str, Any]:
         return {"hidden_sizes": list(self.hidden_sizes), "decays": list(self.decays),

@@ -712,51 +712,80 @@ def _has_storage(t: Tensor) -> bool:
     return True
 
 
+def _rule_call(rule, p_list: list[Tensor], g_list: list[Tensor], bufs: dict[str, list[Tensor]], step: int,
+               horizon: int | None, inplace: bool) -> dict[str, list[Tensor]] | None:
+    """The fused step of ``rule`` on lists (``bufs``: the rule's state entries, one list each); the new params
+    under ``"params"`` and the new state entries by their keys, or ``None`` where it does not apply."""
+    if torch.is_grad_enabled() or not p_list or os.environ.get("LEARNED_OPT_FUSED") == "off":
+        return None
+    if not all(_has_storage(t) for t in (*p_list, *g_list)):
+        return None   # under vmap or another transform: the rule's own update
+    try:
+        weights, options, ctl = _rule_inputs(rule)
+    except (ValueError, RuntimeError):   # options it does not implement; transformed meta-parameters
+        return None
+    core = getattr(rule, "core", rule)
+    hyper = radial = None
+    if ctl["hyper"] is not None:
+        hyper = Hyper(bufs["hypergradient.log_step"], bufs["hypergradient.last_dir"], **ctl["hyper"])
+    if ctl["radial"] is not None:
+        radial = Radial(bufs["radial.log_radial"], bufs["radial.last_radial"], **ctl["radial"])
+    momenta = [bufs[k] for k in core.momentum_keys]
+    rms = [bufs[k] for k in core.rms_keys]
+    g_list = [g if g.dtype == p.dtype else g.to(p.dtype) for g, p in zip(g_list, p_list)]
+    states = [t for group in (*momenta, *rms) for t in group] + (list(hyper.last_dir) if hyper is not None else [])
+    if not _kernel_applies(p_list, g_list, states, weights, options) or _load_kernel() is None:
+        return None
+    out = fused_celo_step(p_list, g_list, momenta, rms, step, horizon, weights, options, hyper, radial,
+                          inplace=inplace, backend="c")
+    new = {"params": out.params, **dict(zip((*core.momentum_keys, *core.rms_keys), (*out.momenta, *out.rms)))}
+    if hyper is not None:
+        new["hypergradient.log_step"], new["hypergradient.last_dir"] = out.hyper.log_step, out.hyper.last_dir
+    if radial is not None:
+        outer = getattr(rule, "lr", 1.0) if rule is not core else 1.0   # the radial coefficient excludes the outer lr
+        last = out.radial.last_radial
+        if outer != 1:
+            last = [c.div_(outer) for c in last] if inplace else [c / outer for c in last]
+        new["radial.log_radial"], new["radial.last_radial"] = out.radial.log_radial, last
+    return new
+
+
 def rule_step(rule, grads: dict[str, Tensor], state: dict, params: dict[str, Tensor]) -> tuple[dict, dict] | None:
     """``rule.update(grads, state, params)`` through :func:`fused_celo_step` (pure: new tensors), for a celo
     rule :func:`celo_inputs` accepts and the C kernel serves (contiguous float32/float64 CPU tensors of the
     shipped architecture); ``None`` where it does not apply, so the caller takes the rule's own update.
     The rule's state layout is kept: ``momentum_<d>``, ``rms_<b>``, ``hypergradient.log_step`` /
     ``.last_dir``, ``radial.log_radial`` / ``.last_radial``."""
-    if torch.is_grad_enabled() or not params or os.environ.get("LEARNED_OPT_FUSED") == "off":
-        return None
-    if not all(_has_storage(t) for t in (*params.values(), *grads.values())):
-        return None   # under vmap or another transform: the rule's own update
-    try:
-        weights, options, ctl = _rule_inputs(rule)
-    except (ValueError, RuntimeError):   # options it does not implement; transformed meta-parameters
-        return None
     names = list(params)
-    core = getattr(rule, "core", rule)
-    hyper = radial = None
-    if ctl["hyper"] is not None:
-        hyper = Hyper([state["hypergradient.log_step"][n] for n in names],
-                      [state["hypergradient.last_dir"][n] for n in names], **ctl["hyper"])
-    if ctl["radial"] is not None:
-        radial = Radial([state["radial.log_radial"][n] for n in names],
-                        [state["radial.last_radial"][n] for n in names], **ctl["radial"])
-    momenta = [[state[k][n] for n in names] for k in core.momentum_keys]
-    rms = [[state[k][n] for n in names] for k in core.rms_keys]
-    p_list, g_list = [params[n] for n in names], [grads[n].to(params[n].dtype) for n in names]
-    states = [t for group in (*momenta, *rms) for t in group] + (list(hyper.last_dir) if hyper is not None else [])
-    if not _kernel_applies(p_list, g_list, states, weights, options) or _load_kernel() is None:
+    bufs = {k: [v[n] for n in names] for k, v in state.items() if isinstance(v, dict)}
+    new = _rule_call(rule, [params[n] for n in names], [grads[n] for n in names], bufs, state["step"],
+                     state.get("horizon"), inplace=False)
+    if new is None:
         return None
-    step, horizon = state["step"], state.get("horizon")
-    out = fused_celo_step(p_list, g_list, momenta, rms, step, horizon, weights, options, hyper, radial, backend="c")
-    new_state: dict = {"step": step + 1}
-    for key, values in zip((*core.momentum_keys, *core.rms_keys), (*out.momenta, *out.rms)):
-        new_state[key] = dict(zip(names, values))
-    if horizon is not None:
-        new_state["horizon"] = horizon
-    if hyper is not None:
-        new_state["hypergradient.log_step"] = dict(zip(names, out.hyper.log_step))
-        new_state["hypergradient.last_dir"] = dict(zip(names, out.hyper.last_dir))
-    if radial is not None:
-        outer = getattr(rule, "lr", 1.0) if rule is not core else 1.0   # the radial coefficient excludes the outer lr
-        last = out.radial.last_radial if outer == 1 else [c / outer for c in out.radial.last_radial]
-        new_state["radial.log_radial"] = dict(zip(names, out.radial.log_radial))
-        new_state["radial.last_radial"] = dict(zip(names, last))
-    return dict(zip(names, out.params)), new_state
+    new_params = dict(zip(names, new.pop("params")))
+    new_state = {"step": state["step"] + 1, **{k: dict(zip(names, v)) for k, v in new.items()}}
+    if "horizon" in state:
+        new_state["horizon"] = state["horizon"]
+    return new_params, new_state
+
+
+def rule_step_(rule, grads: list[Tensor], bufs: dict[str, list[Tensor]], params: list[Tensor],
+               step: int) -> dict[str, list[Tensor]] | None:
+    """The in-place form the ``torch.optim`` adapter calls (``update_``): params and state buffers written in
+    place through the C kernel; the state entries returned; ``None`` where the fused step does not apply."""
+    new = _rule_call(rule, list(params), list(grads), bufs, step, None, inplace=True)
+    if new is not None:
+        new.pop("params")
+    return new
+
+
+def applies(rule) -> bool:
+    """Whether the fused C step can serve ``rule`` (its options and architecture, a C compiler here)."""
+    try:
+        _rule_inputs(rule)
+    except (ValueError, RuntimeError):
+        return False
+    return _load_kernel() is not None and os.environ.get("LEARNED_OPT_FUSED") != "off"
 
 
 class FusedCeloOptimizer(torch.optim.Optimizer):

@@ -27,5 +27,19 @@ class LearnedRule(nn.Module):
     def numeric_hparams(self) -> bool:
         return False  # no in-place fast path: the adapter always calls the pure ``update``
 
+    def fused_update_(self, grads: list, bufs: dict, params: list, step: int) -> dict:
+        """``update_`` for a rule with a fused step (the celo core, alone or with its controllers): the fused
+        step in place where it applies, else the pure ``update`` written back into ``params``."""
+        from . import fused
+        new = fused.rule_step_(self, grads, bufs, params, step)
+        if new is not None:
+            return new
+        names = [str(i) for i in range(len(params))]
+        state = {"step": step, **{b: dict(zip(names, ts)) for b, ts in bufs.items()}}
+        new_params, new_state = self.update(dict(zip(names, grads)), state, dict(zip(names, params)))
+        for n, p in zip(names, params):
+            p.copy_(new_params[n])
+        return {b: [new_state[b][n] for n in names] for b in bufs}
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())

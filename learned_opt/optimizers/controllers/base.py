@@ -231,6 +231,16 @@ class Controlled(LearnedRule):
         if "member_batched" in vars(self.core):
             del self.core.member_batched
 
+    # ------------------------------------------------------------------ the torch.optim adapter's fast path
+    def numeric_hparams(self) -> bool:
+        """True where the fused step serves this rule: :class:`baselines.RuleOptimizer` then calls ``update_``
+        (the fused step in place) instead of the pure ``update``."""
+        from .. import fused
+        return fused.applies(self)
+
+    def update_(self, grads: list, bufs: dict, params: list, step: int) -> dict:
+        return self.fused_update_(grads, bufs, params, step)
+
     # ------------------------------------------------------------------ bookkeeping
     def config(self) -> dict[str, Any]:
         return {"core": _core_spec(self.core),
