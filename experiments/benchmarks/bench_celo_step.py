@@ -6,10 +6,13 @@
 Each optimizer steps the same model with the same gradients, in one process:
 
 - ``torch.optim.Adam (foreach)``: the reference every ratio is given against;
-- ``celo (update)``: ``learned_opt.load("celo")`` through ``baselines.RuleOptimizer`` (the rule's
-  differentiable ``update``: features built, concatenated and normalised as tensors);
-- ``celo (fused)``: the same rule through ``FusedCeloOptimizer`` (``fused_celo_step``: the C kernel on the
-  CPU, the torch formulation elsewhere), and ``celo (fused, torch ops)``: the torch formulation itself.
+- ``celo (update)``: ``learned_opt.load("celo")`` through ``baselines.RuleOptimizer`` with the fused step
+  turned off (``LEARNED_OPT_FUSED=off``): the rule's differentiable ``update``, features built, concatenated and
+  normalised as tensors;
+- ``celo (fused)``: the same rule through ``baselines.RuleOptimizer`` as a user runs it: the adapter calls the
+  rule's ``update_``, the fused step in place (``fused_celo_step``: the C kernel on the CPU, the torch
+  formulation elsewhere); ``celo (fused, torch ops)``: the torch formulation itself (``FusedCeloOptimizer``
+  with ``backend="torch"``).
 
 Models: MLPs of ~1M and ~10M parameters, a conv net, a small transformer (plain ``nn.Module``s) and 200
 small tensors. ``state`` is the optimizer's state in bytes per parameter after the first step (Adam: 8 in
@@ -18,7 +21,9 @@ today's path (and on the CPU the torch formulation), 50-250x slower, is timed af
 """
 from __future__ import annotations
 
+import os
 import time
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -30,6 +35,20 @@ from learned_opt.optimizers.fused import FusedCeloOptimizer, kernel_available
 from common import emit, interleaved, machine_line, parse_args, parser, sync, write_table
 
 RULE = "celo"
+
+
+@contextmanager
+def fused_off():
+    """The rule's differentiable update, as before the fused step existed."""
+    before = os.environ.get("LEARNED_OPT_FUSED")
+    os.environ["LEARNED_OPT_FUSED"] = "off"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["LEARNED_OPT_FUSED"]
+        else:
+            os.environ["LEARNED_OPT_FUSED"] = before
 
 
 class ConvNet(nn.Module):
@@ -123,7 +142,7 @@ def main() -> None:
             for p, g in zip(ps, grads):
                 p.grad = g.clone()
         opts = {"adam": torch.optim.Adam(copies["adam"], lr=1e-3, foreach=True),
-                "fused": FusedCeloOptimizer(copies["fused"], learned_opt.load(RULE, device)),
+                "fused": B.RuleOptimizer(copies["fused"], learned_opt.load(RULE, device)),
                 "fused_torch": FusedCeloOptimizer(copies["fused_torch"], learned_opt.load(RULE, device), backend="torch"),
                 "update": B.RuleOptimizer(copies["update"], learned_opt.load(RULE, device))}
         # on the CPU the torch formulation is a fallback ~100x Adam: timed with today's path, a few steps
@@ -131,14 +150,15 @@ def main() -> None:
         with torch.no_grad():
             times = interleaved({k: opts[k].step for k in fast}, args.rounds, device, repeats=args.repeats)
             for k in [k for k in names if k not in fast]:
-                opts[k].step()
-                sync(device)
-                slow = []
-                for _ in range(max(args.slow_steps, 1)):
-                    t0 = time.perf_counter()
+                with fused_off() if k == "update" else nullcontext():
                     opts[k].step()
                     sync(device)
-                    slow.append(time.perf_counter() - t0)
+                    slow = []
+                    for _ in range(max(args.slow_steps, 1)):
+                        t0 = time.perf_counter()
+                        opts[k].step()
+                        sync(device)
+                        slow.append(time.perf_counter() - t0)
                 times[k] = sorted(slow)[len(slow) // 2]
         labels = {"adam": "torch.optim.Adam (foreach)", "update": f"{RULE} (update)", "fused": fused_label,
                   "fused_torch": f"{RULE} (fused, torch ops)"}
