@@ -228,8 +228,9 @@ def test_200_steps_on_a_conv_attention_net_stay_within_1e_3(backend):
 @pytest.mark.skipif(not KERNEL, reason=f"C kernel unavailable: {WHY}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", ["celo_general", "celo_radial"])
-def test_members_match_update_members(name, dtype):
-    """P members, each with its own perturbed meta-parameters, in one call: update_members' numbers."""
+def test_members_match_update_members(name, dtype, monkeypatch):
+    """P members, each with its own perturbed meta-parameters, in one call: update_members' numbers (its own
+    path, with the fused step turned off), and update_members itself takes the fused step."""
     P = 5
     rule = learned_opt.load(name).to(dtype)
     g = torch.Generator().manual_seed(3)
@@ -243,7 +244,13 @@ def test_members_match_update_members(name, dtype):
     for t in range(4):
         grads = {n: 1e-2 * torch.randn(p.shape, generator=g, dtype=dtype) + 3e-3 * p for n, p in params.items()}
         with torch.no_grad():
+            monkeypatch.setenv("LEARNED_OPT_FUSED", "off")
             new_params, new_state = rule.update_members(meta, grads, state, params)
+            monkeypatch.delenv("LEARNED_OPT_FUSED")
+            fast_params, fast_state = rule.update_members(meta, grads, state, params)
+        for n in params:
+            torch.testing.assert_close(fast_params[n], new_params[n], rtol=RTOL[dtype], atol=RTOL[dtype])
+        assert fast_state.keys() == new_state.keys()
         prefix = "core." if isinstance(rule, Controlled) else ""
         weights = {k: v.expand(P, *v.shape) for k, v in core(rule).state_dict().items()}
         weights.update({k[len(prefix):]: v for k, v in meta.items() if k.startswith(prefix)})

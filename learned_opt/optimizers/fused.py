@@ -779,6 +779,63 @@ def rule_step_(rule, grads: list[Tensor], bufs: dict[str, list[Tensor]], params:
     return new
 
 
+def members_step(rule, meta: dict[str, Tensor], grads: dict[str, Tensor], state: dict,
+                 params: dict[str, Tensor]) -> tuple[dict, dict] | None:
+    """``rule.update_members(meta, grads, state, params)`` through :func:`fused_celo_members` (every member with
+    its own meta-parameters, one kernel call), or ``None`` where it does not apply (then the rule's own
+    ``update_members``). Names in ``meta`` are the rule's (``core.``-prefixed for a controlled rule); a learned
+    radial gain is not implemented here."""
+    if torch.is_grad_enabled() or not params or os.environ.get("LEARNED_OPT_FUSED") == "off":
+        return None
+    try:
+        weights, options, ctl = _rule_inputs(rule)
+    except (ValueError, RuntimeError):
+        return None
+    core = getattr(rule, "core", rule)
+    prefix = "core." if core is not rule else ""
+    if any(k.startswith("controllers.radial.") for k in meta):
+        return None
+    names = list(params)
+    P = params[names[0]].shape[0] if params[names[0]].dim() else 0
+    if P == 0 or any(p.dim() == 0 or p.shape[0] != P for p in params.values()):
+        return None
+    member_w = {}
+    for k in (*WEIGHT_NAMES, "log_scale"):
+        v = meta.get(prefix + k)
+        member_w[k] = v if v is not None else weights[k].expand(P, *weights[k].shape)
+    hyper = radial = None
+    if ctl["hyper"] is not None:
+        gain = meta.get("controllers.hypergradient.log_gain")
+        if gain is None:
+            gain = torch.full((P,), _scalar(ctl["hyper"]["log_gain"]), dtype=torch.float64)
+        hyper = Hyper([state["hypergradient.log_step"][n] for n in names],
+                      [state["hypergradient.last_dir"][n] for n in names], gain,
+                      ctl["hyper"]["range"], ctl["hyper"]["shrink"], ctl["hyper"]["floor"])
+    if ctl["radial"] is not None:
+        radial = Radial([state["radial.log_radial"][n] for n in names],
+                        [state["radial.last_radial"][n] for n in names], **ctl["radial"])
+    try:
+        out = fused_celo_members([params[n] for n in names], [grads[n].to(params[n].dtype) for n in names],
+                                 [[state[k][n] for n in names] for k in core.momentum_keys],
+                                 [[state[k][n] for n in names] for k in core.rms_keys],
+                                 state["step"], state.get("horizon"), member_w, options, hyper, radial)
+    except ValueError:
+        return None
+    new_state: dict = {"step": state["step"] + 1}
+    for key, values in zip((*core.momentum_keys, *core.rms_keys), (*out.momenta, *out.rms)):
+        new_state[key] = dict(zip(names, values))
+    if "horizon" in state:
+        new_state["horizon"] = state["horizon"]
+    if hyper is not None:
+        new_state["hypergradient.log_step"] = dict(zip(names, out.hyper.log_step))
+        new_state["hypergradient.last_dir"] = dict(zip(names, out.hyper.last_dir))
+    if radial is not None:
+        outer = getattr(rule, "lr", 1.0) if rule is not core else 1.0
+        new_state["radial.log_radial"] = dict(zip(names, out.radial.log_radial))
+        new_state["radial.last_radial"] = dict(zip(names, [c / outer for c in out.radial.last_radial]))
+    return dict(zip(names, out.params)), new_state
+
+
 def applies(rule) -> bool:
     """Whether the fused C step can serve ``rule`` (its options and architecture, a C compiler here)."""
     try:

@@ -296,6 +296,12 @@ class Controlled(LearnedRule):
         ``update_members`` mechanism, each controller with its members' gains."""
         if self.population_dim is not None:
             raise ValueError("update_members gives each member its own tensors: leave population_dim unset")
+        from ..celo import Celo
+        if isinstance(self.core, Celo):   # the celo core with its shipped controllers: one kernel call
+            from .. import fused
+            fast = fused.members_step(self, meta, grads, state, params)
+            if fast is not None:
+                return fast
         core_meta = {k[len("core."):]: v for k, v in meta.items() if k.startswith("core.")}
         own = {name: {k[len(f"controllers.{name}."):]: v for k, v in meta.items()
                       if k.startswith(f"controllers.{name}.")} for name in self.controllers}
