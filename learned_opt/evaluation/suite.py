@@ -248,6 +248,8 @@ def validation_task(spec: dict, device: torch.device, fraction: float, seed: int
     """
     spec = task_kwargs(spec)
     task = make_task(**spec, device=device)
+    if hasattr(task, "validation_split"):   # a task that cuts its own (nn.Module tasks)
+        return task.validation_split(fraction, seed)
     ds: Dataset | None = getattr(task, "dataset", None)
     if ds is None:
         return task
@@ -267,7 +269,7 @@ def run_cell(task: Task, rule: UpdateRule, seed: int, steps: int, device: torch.
     ``eval_every`` steps, and the final train/test metrics."""
     g = generator(seed, device)
     params = task.init_params(g)
-    state = init_state(rule, params, steps)
+    state = init_state(rule, params, steps, task)
 
     def evaluate(step: int, p, loss) -> dict:
         return {"step": step, **{f"test_{k}": v for k, v in task.metrics(p, "test", eval_examples).items()}}
