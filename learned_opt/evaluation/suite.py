@@ -9,6 +9,8 @@ stated tuning budget, over several seeds, on several tasks:
   ``budget`` trials, each scored on ``tuning.seeds`` (disjoint from the
   evaluation seeds) by the loss on a validation split carved out of the
   training split (never the test split);
+* any ``torch.optim.Optimizer`` class named by import path (``torch_optim:``, see
+  :mod:`~learned_opt.evaluation.peers`) is run and tuned like a hand-crafted rule;
 * a learned rule (from a checkpoint) or a rule with meta-learned
   hyperparameters is evaluated as it is: it has no tuning knobs;
 * every (optimizer, task, seed) cell runs through the one ``unroll`` and is
@@ -42,6 +44,7 @@ import torch
 
 from baselines import RULES, make_rule
 from baselines.base import UpdateRule
+from baselines.torch_peer import TorchOptimRule
 
 from ..optimizers import Controlled
 from ..optimizers.controllers import controller_specs
@@ -54,6 +57,7 @@ from ..tasks.datasets import Dataset
 from ..unroll import init_state, unroll
 from ..utils import atomic_write_text, generator
 from . import metrics as M
+from .peers import parse_peer
 from .results import CellResult
 
 TUNING_METHODS = ("grid", "random")
@@ -84,6 +88,7 @@ class OptimizerSpec:
     checkpoint: str | None = None           # a learned rule
     sha256: str | None = None               # of the learned rule's file, recorded when the config was checked
     controllers: list = field(default_factory=list)   # online controllers on a hand-crafted rule's steps
+    torch_optim: str | None = None          # a torch.optim.Optimizer class by import path (evaluation/peers.py)
 
     @property
     def learned(self) -> bool:
@@ -91,6 +96,8 @@ class OptimizerSpec:
 
     @property
     def family(self) -> str:
+        if self.torch_optim is not None:
+            return "torch.optim"
         return "learned" if self.learned else FAMILY_TAGS.get(self.rule or "", "hand-crafted")
 
     def build(self, device: torch.device, hparams: dict | None = None) -> UpdateRule:
@@ -101,6 +108,8 @@ class OptimizerSpec:
                                       f"{file_sha256(self.checkpoint)[:16]}...); restore it, or evaluate the new "
                                       f"file in a new run directory")
             return load_rule(self.checkpoint, device)
+        if self.torch_optim is not None:
+            return TorchOptimRule(self.torch_optim, **(self.hparams if hparams is None else hparams))
         rule = make_rule(self.rule, **(self.hparams if hparams is None else hparams))
         return Controlled(rule, self.controllers) if self.controllers else rule
 
@@ -141,8 +150,12 @@ def parse_optimizers(cfg: dict, tuning: dict | None = None) -> list[OptimizerSpe
             load_checkpoint(path)  # corrupt or foreign files fail here, with the reason
             specs.append(OptimizerSpec(label, checkpoint=str(path), sha256=digest))
             continue
+        if "torch_optim" in entry:   # a torch.optim class by import path: checked (installed?) before any cell
+            specs.append(parse_peer(label, entry, tuning))
+            continue
         if "rule" not in entry:
-            raise ValueError(f"optimizers.{label} needs either `rule` (one of {', '.join(RULES)}) or `checkpoint`")
+            raise ValueError(f"optimizers.{label} needs either `rule` (one of {', '.join(RULES)}), `checkpoint` "
+                             f"or `torch_optim` (a torch.optim.Optimizer class by import path)")
         rule = entry.pop("rule")
         check_choice(f"optimizers.{label}.rule", rule, tuple(RULES))
         controllers = controller_specs(entry.pop("controllers", None), f"optimizers.{label}.controllers")
@@ -270,9 +283,10 @@ def run_cell(task: Task, rule: UpdateRule, seed: int, steps: int, device: torch.
     g = generator(seed, device)
     params = task.init_params(g)
     state = init_state(rule, params, steps, task)
+    at = getattr(rule, "eval_params", None) or (lambda p: p)   # where a schedule-free peer is evaluated
 
     def evaluate(step: int, p, loss) -> dict:
-        return {"step": step, **{f"test_{k}": v for k, v in task.metrics(p, "test", eval_examples).items()}}
+        return {"step": step, **{f"test_{k}": v for k, v in task.metrics(at(p), "test", eval_examples).items()}}
 
     t0 = time.perf_counter()
     res = unroll(task, rule, params, state, steps, g,
@@ -281,8 +295,9 @@ def run_cell(task: Task, rule: UpdateRule, seed: int, steps: int, device: torch.
     cell = CellResult(seed=seed, train_loss=res.losses.detach().cpu().numpy(), diverged=res.diverged,
                       diverged_at=res.diverged_at, seconds=wall, evals=res.records)
     if not res.diverged:
-        cell.final_test = task.metrics(res.params, "test", eval_examples)
-        cell.final_train_loss = task.metrics(res.params, "train", eval_examples)["loss"]
+        final = at(res.params)
+        cell.final_test = task.metrics(final, "test", eval_examples)
+        cell.final_train_loss = task.metrics(final, "train", eval_examples)["loss"]
     return cell
 
 
