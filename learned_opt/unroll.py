@@ -150,7 +150,7 @@ def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: in
         if out is not None:
             records.append(out)
 
-    buffer_names = task.buffer_names
+    buffer_names = getattr(task, "buffer_names", frozenset())   # duck-typed tasks may not have it
     buffers: Params = {}
     for step in steps_iter:
         batch = task.sample_batch(generator, "train")

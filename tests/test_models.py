@@ -64,3 +64,20 @@ def test_a_suite_entry_names_a_module_task_and_the_evaluation_tunes_it_on_a_vali
     with pytest.raises(ValueError, match="model="):
         E.evaluate({**copy.deepcopy(cfg), "suite": {"x": {"name": "module", "model": "nope", "data": "digits"}}},
                    tmp_path / "bad")
+
+
+def test_the_modern_suite_and_the_peers_line_up_pass_the_evaluation_checks():
+    pytest.importorskip("prodigyopt")
+    pytest.importorskip("schedulefree")
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name="evaluate", overrides=["suite=modern", "lineup=peers"]),
+                                     resolve=True)
+    specs, suite = E.check_config(cfg, torch.device("cpu"))
+    assert set(suite) == {"transformer_lm", "bn_cnn", "gru_rows", "res_mlp", "vit"}
+    assert {s.label: s.family for s in specs} == {"celo": "learned", "adam": "adaptive", "adamw": "torch.optim", "prodigy": "torch.optim",
+                                                   "sf_adamw": "torch.optim", "muon": "torch.optim"}

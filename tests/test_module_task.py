@@ -220,3 +220,55 @@ def test_bad_module_task_input_is_named():
         ModuleTask(lambda: 3, data())
     with pytest.raises(ValueError, match="model="):
         make_task("module", model="no_such_model", data="digits")
+
+
+class TiedLM(nn.Module):
+    """An output head tied to the embedding (one tensor under two names)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Embedding(11, 8)
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 11, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.mix(self.tok(x))))
+
+
+def test_tied_weights_are_one_trained_tensor_as_in_the_module():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 11, (40, 5), generator=g)
+    y = torch.roll(x, 1, dims=1)
+    task = ModuleTask(TiedLM, {"train": (x, y), "test": (x, y)}, batch_size=8, dtype="float64")
+    assert "head.weight" not in task.param_names and "tok.weight" in task.param_names and not task.buffer_names
+    params = task.init_params(torch.Generator().manual_seed(1))
+    res = unroll(task, B.Adam(lr=0.05), params, init_state(B.Adam(lr=0.05), params, 10, task), 10,
+                 torch.Generator().manual_seed(2))
+    model = TiedLM().to(D)
+    model.load_state_dict(task.state_dict(params))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    gb = torch.Generator().manual_seed(2)
+    ref = []
+    for _ in range(10):
+        xb, yb = task.sample_batch(gb)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xb).reshape(-1, 11), yb.reshape(-1))
+        loss.backward()
+        opt.step()
+        ref.append(loss.item())
+    torch.testing.assert_close(res.losses, torch.tensor(ref, dtype=D), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(task.state_dict(res.params)["head.weight"], model.head.weight.detach())
+
+
+def test_gradient_checkpointing_gives_the_same_meta_gradient_with_buffers():
+    task = bn_task()
+    out = []
+    for segments in (1, 2):
+        est = TruncatedBPTT(SingleTaskFamily(task), horizon=8, truncation=4, num_tasks=1, device=torch.device("cpu"),
+                            generator=torch.Generator().manual_seed(0), checkpoint_segments=segments)
+        e = est.estimate(LearnedSGD(lr=0.1, momentum=0.0, steps=1).double())
+        out.append((e.meta_loss, e.grads[0], est.slots[0].params["1.running_mean"]))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-12)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(out[0][2], out[1][2], rtol=1e-12, atol=1e-14)

@@ -65,7 +65,7 @@ class ReparamTask(Task):
     def __init__(self, task: Task, scales: Mapping[str, float | Tensor]):
         if not isinstance(task, Task):
             raise TypeError(f"ReparamTask wraps a Task; got {type(task).__name__}")
-        if task.buffer_names:
+        if getattr(task, "buffer_names", None):
             raise ValueError(f"ReparamTask wraps tasks without buffers; {task.name} has "
                              f"{sorted(task.buffer_names)}")
         self.task = task

@@ -169,8 +169,11 @@ class ModuleTask(Task):
 
     @staticmethod
     def _state(module: nn.Module) -> Params:
-        """Parameters and persistent buffers, by their ``state_dict`` names (in its order)."""
-        return {k: v.detach() for k, v in module.state_dict(keep_vars=True).items()}
+        """Parameters (a tied one once, under its first name: ``functional_call`` ties the others) and
+        persistent buffers, by their ``state_dict`` names."""
+        persistent = module.state_dict(keep_vars=True).keys()
+        return {**{k: v.detach() for k, v in module.named_parameters()},
+                **{k: v.detach() for k, v in module.named_buffers() if k in persistent}}
 
     def init_params(self, generator: torch.Generator) -> Params:
         """A fresh module's parameters and buffers (see the module docstring)."""
@@ -179,8 +182,12 @@ class ModuleTask(Task):
         return {k: v.clone() for k, v in self._state(module).items()}
 
     def state_dict(self, params: Params) -> dict[str, Tensor]:
-        """``params`` as a state dict for ``model().load_state_dict``."""
-        return {k: v.detach() for k, v in params.items()}
+        """``params`` as a state dict for ``model().load_state_dict`` (tied parameters under all their names)."""
+        entries = self.module.state_dict(keep_vars=True)
+        first: dict[int, str] = {}   # a tensor -> its first name, the one it has in params
+        for k, v in entries.items():
+            first.setdefault(id(v), k)
+        return {k: params[first[id(v)]].detach() for k, v in entries.items()}
 
     # ------------------------------------------------------------------ batches
     def sample_batch(self, generator: torch.Generator, split: str = "train") -> Batch:

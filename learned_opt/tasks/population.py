@@ -194,11 +194,12 @@ class PopulationTask(Task):
         self.device, self.dtype = first.device, first.dtype
         self.batch_size = first.batch_size
         self.is_classifier = all(t.is_classifier for t in tasks)
-        self.buffer_names = first.buffer_names
+        self.buffer_names = getattr(first, "buffer_names", frozenset())
         for i, t in enumerate(tasks[1:], 1):
-            if t.buffer_names != first.buffer_names:
+            if getattr(t, "buffer_names", frozenset()) != self.buffer_names:
                 raise ValueError(f"population members must have the same buffers: tasks[0] has "
-                                 f"{sorted(first.buffer_names)}, tasks[{i}] has {sorted(t.buffer_names)}")
+                                 f"{sorted(self.buffer_names)}, tasks[{i}] has "
+                                 f"{sorted(getattr(t, 'buffer_names', ()))}")
         self.name = f"population{len(tasks)}_{first.name}"
         self._inner: PopulationTask | None = None
         if mode != "loop" and all(isinstance(t, ReparamTask) for t in tasks):
