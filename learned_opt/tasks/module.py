@@ -88,6 +88,7 @@ class ModuleTask(Task):
         name: task name (default ``"module_<model name>"``).
         signature: what makes two tasks' losses the same function of ``(params, batch)`` (default:
             ``(model, loss, dtype)``); equal signatures let a population use ``vmap``.
+        root: where a dataset read from files (the idx datasets) lives.
     """
 
     def __init__(self, model: Callable[[], nn.Module], data: Any, loss: str | Callable = "cross_entropy",
@@ -130,7 +131,7 @@ class ModuleTask(Task):
             self._data = {}
             for split in ("train", "test"):
                 tensors = data[split]
-                if not isinstance(tensors, (list, tuple)) or len(tensors) < 1 or \
+                if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or \
                         not all(isinstance(t, Tensor) for t in tensors) or len({len(t) for t in tensors}) != 1:
                     raise ConfigError(f"data[{split!r}] must be a tuple of tensors with one example per row "
                                       f"(inputs..., target), all of one length")
