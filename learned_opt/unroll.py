@@ -27,6 +27,13 @@ members, rather than masking the bad one, keeps NaN out of every gradient: a
 masked member's NaN would still reach shared meta-parameters through the backward
 pass (0 * NaN = NaN). The divergence check is the loop's one host sync per step.
 
+Tasks with buffers (``task.buffer_names``, e.g. BatchNorm running statistics of a
+:class:`~learned_opt.tasks.module.ModuleTask`): the params dict holds them beside the trained
+tensors; the rule sees only the trained ones (:func:`~learned_opt.tasks.base.trainable`: its
+state must come from ``init_state(rule, params, horizon, task)``), the loss is differentiated
+with respect to those only, and each step's new buffer values (``task.loss_and_buffers``)
+go into the returned params, never through the graph.
+
 ``on_divergence="freeze"`` (populations, not differentiable: what the evolution-strategies
 estimators use) instead freezes only the bad members: from the step its loss went bad, a
 member keeps its last good params and state, and its recorded loss is clipped to the
@@ -46,7 +53,7 @@ from torch import Tensor, nn
 from baselines.base import Params, State, UpdateRule
 from baselines.checks import check_choice, check_int, check_number
 
-from .tasks.base import Task
+from .tasks.base import Task, trainable
 
 __all__ = ["unroll", "UnrollResult", "needs_graph", "init_state"]
 
@@ -79,9 +86,11 @@ def _tensors(obj: Any):
             yield from _tensors(v)
 
 
-def init_state(rule: UpdateRule, params: Params, horizon: int) -> State:
+def init_state(rule: UpdateRule, params: Params, horizon: int, task: Task | None = None) -> State:
     """``rule.init(params)``, or ``rule.init(params, horizon=horizon)`` for a rule with fraction-of-horizon
-    features (``uses_horizon = True``, e.g. celo): the one place a run's length reaches a rule."""
+    features (``uses_horizon = True``, e.g. celo): the one place a run's length reaches a rule. With
+    ``task``, its buffers (``task.buffer_names``) are left out: the rule never trains them."""
+    params = trainable(task, params)
     return rule.init(params, horizon=horizon) if getattr(rule, "uses_horizon", False) else rule.init(params)
 
 
@@ -141,18 +150,27 @@ def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: in
         if out is not None:
             records.append(out)
 
+    buffer_names = getattr(task, "buffer_names", frozenset())   # duck-typed tasks may not have it
+    buffers: Params = {}
     for step in steps_iter:
         batch = task.sample_batch(generator, "train")
+        if buffer_names:
+            buffers = {k: v.detach() for k, v in params.items() if k in buffer_names}
         if graph:
-            p = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
-            loss = task.loss(p, batch)
+            p = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()
+                 if k not in buffer_names}
+            loss = task.loss_and_buffers({**p, **buffers}, batch) if buffer_names else task.loss(p, batch)
+            if buffer_names:
+                loss, buffers = loss
             # first order: the gradient is a constant, but the loss keeps its graph for the meta-loss
             grads = torch.autograd.grad(_total(loss), list(p.values()), create_graph=not first_order,
                                         retain_graph=True)
         else:
             with torch.enable_grad():
-                p = {k: v.detach().requires_grad_() for k, v in params.items()}
-                loss = task.loss(p, batch)
+                p = {k: v.detach().requires_grad_() for k, v in params.items() if k not in buffer_names}
+                loss = task.loss_and_buffers({**p, **buffers}, batch) if buffer_names else task.loss(p, batch)
+                if buffer_names:
+                    loss, buffers = loss
                 grads = torch.autograd.grad(_total(loss), list(p.values()))
             loss = loss.detach()
         if loss.dim() == 0:
@@ -198,8 +216,10 @@ def unroll(task: Task, rule: UpdateRule, params: Params, state: State, steps: in
         else:
             with torch.no_grad():
                 params, state = rule.update(grads, state, {k: v.detach() for k, v in p.items()})
-                if freeze and first_bad is not None:
-                    params, state = _hold(frozen, held[0], params), _hold(frozen, held[1], state)
+        if buffer_names:  # the loss's new buffer values, never part of the graph
+            params = {**params, **{k: v.detach() for k, v in buffers.items()}}
+        if freeze and first_bad is not None:
+            params, state = _hold(frozen, held[0], params), _hold(frozen, held[1], state)
         losses.append(loss)
     if callback is not None and callback_every:
         record(steps, params, losses[-1] if losses else torch.tensor(float("nan")))

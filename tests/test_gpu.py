@@ -102,3 +102,24 @@ def test_benchmarks_run_on_cuda(name, tmp_path):
                          cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "device cuda" in out.stdout and (tmp_path / "table.md").exists()
+
+
+def test_a_batchnorm_module_task_on_cuda_runs_like_on_the_cpu():
+    """A module task (BatchNorm buffers carried as task state) gives the CPU's numbers on the GPU, in float64,
+    and its torch.optim peer runs there too."""
+    from baselines.torch_peer import TorchOptimRule
+    from learned_opt.unroll import init_state
+    results = {}
+    for device in (CPU, CUDA):
+        task = make_task("module", model="bn_cnn", data="digits", model_options={"channels": [4], "image": 8},
+                         batch_size=32, dtype="float64", device=device)
+        for label, rule in (("adam", B.Adam(lr=0.01)), ("peer", TorchOptimRule("torch.optim.Adam", lr=0.01))):
+            params = task.init_params(torch.Generator().manual_seed(0))
+            res = unroll(task, rule, params, init_state(rule, params, 10, task), 10, torch.Generator().manual_seed(1))
+            results[device.type, label] = (res.losses.cpu(), to(res.params, CPU), task.metrics(res.params)["loss"])
+    for label in ("adam", "peer"):
+        (lc, pc, mc), (lg, pg, mg) = results["cpu", label], results["cuda", label]
+        torch.testing.assert_close(lg, lc, rtol=1e-9, atol=1e-12)
+        for k in pc:
+            torch.testing.assert_close(pg[k], pc[k], rtol=1e-7, atol=1e-9)
+        assert mg == pytest.approx(mc, rel=1e-9)

@@ -9,6 +9,8 @@ stated tuning budget, over several seeds, on several tasks:
   ``budget`` trials, each scored on ``tuning.seeds`` (disjoint from the
   evaluation seeds) by the loss on a validation split carved out of the
   training split (never the test split);
+* any ``torch.optim.Optimizer`` class named by import path (``torch_optim:``, see
+  :mod:`~learned_opt.evaluation.peers`) is run and tuned like a hand-crafted rule;
 * a learned rule (from a checkpoint) or a rule with meta-learned
   hyperparameters is evaluated as it is: it has no tuning knobs;
 * every (optimizer, task, seed) cell runs through the one ``unroll`` and is
@@ -42,6 +44,7 @@ import torch
 
 from baselines import RULES, make_rule
 from baselines.base import UpdateRule
+from baselines.torch_peer import TorchOptimRule
 
 from ..optimizers import Controlled
 from ..optimizers.controllers import controller_specs
@@ -54,6 +57,7 @@ from ..tasks.datasets import Dataset
 from ..unroll import init_state, unroll
 from ..utils import generator
 from . import metrics as M
+from .peers import parse_peer
 from .results import CellResult
 from .sealed import read_sealed, write_sealed
 
@@ -85,6 +89,7 @@ class OptimizerSpec:
     checkpoint: str | None = None           # a learned rule
     sha256: str | None = None               # of the learned rule's file, recorded when the config was checked
     controllers: list = field(default_factory=list)   # online controllers on a hand-crafted rule's steps
+    torch_optim: str | None = None          # a torch.optim.Optimizer class by import path (evaluation/peers.py)
 
     @property
     def learned(self) -> bool:
@@ -92,6 +97,8 @@ class OptimizerSpec:
 
     @property
     def family(self) -> str:
+        if self.torch_optim is not None:
+            return "torch.optim"
         return "learned" if self.learned else FAMILY_TAGS.get(self.rule or "", "hand-crafted")
 
     def build(self, device: torch.device, hparams: dict | None = None) -> UpdateRule:
@@ -102,6 +109,8 @@ class OptimizerSpec:
                                       f"{file_sha256(self.checkpoint)[:16]}...); restore it, or evaluate the new "
                                       f"file in a new run directory")
             return load_rule(self.checkpoint, device)
+        if self.torch_optim is not None:
+            return TorchOptimRule(self.torch_optim, **(self.hparams if hparams is None else hparams))
         rule = make_rule(self.rule, **(self.hparams if hparams is None else hparams))
         return Controlled(rule, self.controllers) if self.controllers else rule
 
@@ -142,8 +151,12 @@ def parse_optimizers(cfg: dict, tuning: dict | None = None) -> list[OptimizerSpe
             load_checkpoint(path)  # corrupt or foreign files fail here, with the reason
             specs.append(OptimizerSpec(label, checkpoint=str(path), sha256=digest))
             continue
+        if "torch_optim" in entry:   # a torch.optim class by import path: checked (installed?) before any cell
+            specs.append(parse_peer(label, entry, tuning))
+            continue
         if "rule" not in entry:
-            raise ValueError(f"optimizers.{label} needs either `rule` (one of {', '.join(RULES)}) or `checkpoint`")
+            raise ValueError(f"optimizers.{label} needs either `rule` (one of {', '.join(RULES)}), `checkpoint` "
+                             f"or `torch_optim` (a torch.optim.Optimizer class by import path)")
         rule = entry.pop("rule")
         check_choice(f"optimizers.{label}.rule", rule, tuple(RULES))
         controllers = controller_specs(entry.pop("controllers", None), f"optimizers.{label}.controllers")
@@ -249,6 +262,8 @@ def validation_task(spec: dict, device: torch.device, fraction: float, seed: int
     """
     spec = task_kwargs(spec)
     task = make_task(**spec, device=device)
+    if hasattr(task, "validation_split"):   # a task that cuts its own (nn.Module tasks)
+        return task.validation_split(fraction, seed)
     ds: Dataset | None = getattr(task, "dataset", None)
     if ds is None:
         return task
@@ -268,10 +283,11 @@ def run_cell(task: Task, rule: UpdateRule, seed: int, steps: int, device: torch.
     ``eval_every`` steps, and the final train/test metrics."""
     g = generator(seed, device)
     params = task.init_params(g)
-    state = init_state(rule, params, steps)
+    state = init_state(rule, params, steps, task)
+    at = getattr(rule, "eval_params", None) or (lambda p: p)   # where a schedule-free peer is evaluated
 
     def evaluate(step: int, p, loss) -> dict:
-        return {"step": step, **{f"test_{k}": v for k, v in task.metrics(p, "test", eval_examples).items()}}
+        return {"step": step, **{f"test_{k}": v for k, v in task.metrics(at(p), "test", eval_examples).items()}}
 
     t0 = time.perf_counter()
     res = unroll(task, rule, params, state, steps, g,
@@ -280,8 +296,9 @@ def run_cell(task: Task, rule: UpdateRule, seed: int, steps: int, device: torch.
     cell = CellResult(seed=seed, train_loss=res.losses.detach().cpu().numpy(), diverged=res.diverged,
                       diverged_at=res.diverged_at, seconds=wall, evals=res.records)
     if not res.diverged:
-        cell.final_test = task.metrics(res.params, "test", eval_examples)
-        cell.final_train_loss = task.metrics(res.params, "train", eval_examples)["loss"]
+        final = at(res.params)
+        cell.final_test = task.metrics(final, "test", eval_examples)
+        cell.final_train_loss = task.metrics(final, "train", eval_examples)["loss"]
     return cell
 
 

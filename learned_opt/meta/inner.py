@@ -218,7 +218,7 @@ class InnerProblems:
         batches = torch.Generator(device=self.device).manual_seed(seed + 1)
         horizon = int(getattr(task, "horizon", None) or self.horizon)
         with torch.no_grad():  # a rule with fraction-of-horizon features is told the task's horizon
-            state = init_state(rule, params, horizon)
+            state = init_state(rule, params, horizon, task)
         return Slot(seed, task, params, state, batches, horizon=horizon)
 
     def prepare(self, rule: nn.Module, idx: list[int]) -> list[Slot]:

@@ -137,7 +137,7 @@ def held_out_scores(rule: nn.Module, family, tasks: int, steps: int, metric: str
         g = generator(seed, device)
         params = task.init_params(g)
         with torch.no_grad():
-            state = init_state(rule, params, steps)
+            state = init_state(rule, params, steps, task)
             res = unroll(task, rule, params, state, steps, g)
         if res.diverged:
             scores.append(math.inf)

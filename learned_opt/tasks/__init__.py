@@ -19,6 +19,8 @@ from .conv import ConvTask
 from .datasets import DATASETS, Dataset, clear_cache, download, make_dataset, read_idx
 from .general import GeneralFamily
 from .mlp import ACTIVATIONS, LogRegTask, MLPFamily, MLPTask
+from .models import MODELS, TEXT_SOURCES, module_task
+from .module import ModuleTask
 from .noisy_quadratic import NoisyQuadraticTask
 from .quadratic import QuadraticFamily, QuadraticTask
 from .regression import AutoencoderTask, TeacherRegressionTask
@@ -33,6 +35,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     **SURFACES,
     "regression": TeacherRegressionTask,
     "autoencoder": AutoencoderTask,
+    "module": module_task,
 }
 
 
@@ -61,7 +64,7 @@ def make_family(name: str, **kwargs: Any) -> TaskFamily:
 
 __all__ = [
     "ACTIVATIONS", "AutoencoderTask", "Batch", "ConvTask", "DATASETS", "Dataset", "FAMILIES", "GeneralFamily",
-    "LogRegTask", "MLPFamily", "MLPTask", "NoisyQuadraticTask", "Params", "QuadraticFamily", "QuadraticTask", "ReparamTask", "SURFACES",
+    "LogRegTask", "MLPFamily", "MLPTask", "MODELS", "ModuleTask", "TEXT_SOURCES", "module_task", "NoisyQuadraticTask", "Params", "QuadraticFamily", "QuadraticTask", "ReparamTask", "SURFACES",
     "SingleTaskFamily", "Surface", "TASKS", "Task", "TaskFamily", "TeacherRegressionTask", "clear_cache", "download",
     "log_uniform_scales", "make_dataset", "make_family", "make_task", "read_idx",
 ]

@@ -65,6 +65,9 @@ class ReparamTask(Task):
     def __init__(self, task: Task, scales: Mapping[str, float | Tensor]):
         if not isinstance(task, Task):
             raise TypeError(f"ReparamTask wraps a Task; got {type(task).__name__}")
+        if getattr(task, "buffer_names", None):
+            raise ValueError(f"ReparamTask wraps tasks without buffers; {task.name} has "
+                             f"{sorted(task.buffer_names)}")
         self.task = task
         self.device, self.dtype, self.batch_size = task.device, task.dtype, task.batch_size
         self.is_classifier = task.is_classifier

@@ -9,7 +9,17 @@ A :class:`Task` owns everything about one inner problem except its parameters::
 
 ``loss`` is a plain function of the parameter dictionary, so it works inside a
 differentiable unroll, under ``torch.no_grad`` and under ``torch.func``
-transforms. All randomness (initialisation, batches, dropout masks) comes from
+transforms.
+
+Buffers (state the loss updates and no optimizer trains, such as BatchNorm running
+statistics): a task may keep such tensors in the params dictionary and name them in
+``buffer_names``. Then ``loss_and_buffers(params, batch)`` returns the loss and the
+buffers' new values; :func:`~learned_opt.unroll.unroll` gives the rule (its ``init`` and
+``update``) only the other entries (:func:`trainable`), differentiates the loss only
+with respect to those, and carries the buffers from step to step in the params it
+returns, so ``metrics(params)`` sees them. A task without buffers (every task but
+:class:`~learned_opt.tasks.module.ModuleTask` on a module with buffers) needs none of this:
+``buffer_names`` is empty and ``loss_and_buffers`` is ``(loss, {})``. All randomness (initialisation, batches, dropout masks) comes from
 the generator passed in: the same generator state gives the same numbers on the
 same device. A generator may live on the CPU or on ``task.device``; numbers are
 drawn on the generator's device and then moved to ``task.device``.
@@ -49,6 +59,7 @@ class Task(abc.ABC):
     dtype: torch.dtype
     batch_size: int | None
     is_classifier: bool = False
+    buffer_names: frozenset[str] = frozenset()   # params entries the loss updates and no rule trains
 
     @abc.abstractmethod
     def init_params(self, generator: torch.Generator) -> Params:
@@ -61,6 +72,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def loss(self, params: Params, batch: Batch) -> Tensor:
         """Scalar loss of ``params`` on ``batch``, differentiable w.r.t. ``params``."""
+
+    def loss_and_buffers(self, params: Params, batch: Batch) -> tuple[Tensor, Params]:
+        """The loss and the new values of the ``buffer_names`` entries; ``(loss(params, batch), {})`` by default."""
+        return self.loss(params, batch), {}
 
     @abc.abstractmethod
     def metrics(self, params: Params, split: str = "test",
@@ -80,6 +95,15 @@ class TaskFamily(abc.ABC):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def trainable(task: Task | None, params: Params) -> Params:
+    """The entries of ``params`` a rule trains: all but the task's ``buffer_names`` (``params`` itself when
+    it has none)."""
+    names = getattr(task, "buffer_names", None)
+    if not names:
+        return params
+    return {k: v for k, v in params.items() if k not in names}
 
 
 def choose(kind: str, name: str, table: Mapping[str, T]) -> T:

@@ -33,7 +33,9 @@ How the loss is batched (``mode``):
                  batches. Valid only when the members' losses are the same function of
                  ``(params, batch)`` (e.g. conv nets of one architecture); chosen
                  automatically for conv nets, may be forced for other tasks.
-``"loop"``       a Python loop over the members' own ``loss`` (any tasks of one shape).
+``"loop"``       a Python loop over the members' own ``loss`` (any tasks of one shape); what
+                 ``"auto"`` picks for :class:`~learned_opt.tasks.module.ModuleTask` members whose
+                 module ``vmap`` cannot run.
 ``"reparam"``    augmented members (:class:`~learned_opt.tasks.augment.ReparamTask`, each with its
                  own scales): the params are rescaled by the stacked scales, then the wrapped
                  tasks' population (itself batched by any mode above) gives the losses.
@@ -69,6 +71,7 @@ from .augment import ReparamTask
 from .base import Batch, Params, Task, check_split, randint
 from .conv import ConvTask
 from .mlp import ACTIVATIONS, MLPTask
+from .module import ModuleTask
 from .noisy_quadratic import NoisyQuadraticTask
 from .quadratic import QuadraticTask
 from .regression import MSETask
@@ -154,6 +157,8 @@ def _signature(task: Task) -> tuple | None:
         return ("vmap", type(task), task.hidden_sizes, task.activation, task.dataset.num_features, task.num_outputs)
     if isinstance(task, ReparamTask):
         return ("reparam", tuple(task.scales), _signature(task.task))
+    if isinstance(task, ModuleTask):
+        return ("vmap" if task.vmappable() else "loop", type(task), task.signature)
     return None
 
 
@@ -189,6 +194,12 @@ class PopulationTask(Task):
         self.device, self.dtype = first.device, first.dtype
         self.batch_size = first.batch_size
         self.is_classifier = all(t.is_classifier for t in tasks)
+        self.buffer_names = getattr(first, "buffer_names", frozenset())
+        for i, t in enumerate(tasks[1:], 1):
+            if getattr(t, "buffer_names", frozenset()) != self.buffer_names:
+                raise ValueError(f"population members must have the same buffers: tasks[0] has "
+                                 f"{sorted(self.buffer_names)}, tasks[{i}] has "
+                                 f"{sorted(getattr(t, 'buffer_names', ()))}")
         self.name = f"population{len(tasks)}_{first.name}"
         self._inner: PopulationTask | None = None
         if mode != "loop" and all(isinstance(t, ReparamTask) for t in tasks):
@@ -285,6 +296,16 @@ class PopulationTask(Task):
         members = self.unstack(params)
         parts = [tuple(b[i] for b in batch) for i in range(self.population_size)]
         return torch.stack([t.loss(p, b) for t, p, b in zip(self.tasks, members, parts)])
+
+    def loss_and_buffers(self, params: Params, batch: Batch) -> tuple[Tensor, Params]:
+        """Per-member losses ``(N,)`` and the members' new buffers, stacked (tasks with ``buffer_names``)."""
+        if not self.buffer_names:
+            return self.loss(params, batch), {}
+        if self.mode == "vmap":
+            return torch.func.vmap(self.tasks[0].loss_and_buffers)(params, tuple(batch))
+        parts = [tuple(b[i] for b in batch) for i in range(self.population_size)]
+        out = [t.loss_and_buffers(p, b) for t, p, b in zip(self.tasks, self.unstack(params), parts)]
+        return torch.stack([loss for loss, _ in out]), stack_trees([bufs for _, bufs in out])
 
     def original_params(self, params: Params) -> Params:
         """Mode ``"reparam"``: the wrapped tasks' stacked parameters, ``c_k[i] * w'_k[i]`` for member ``i``."""
