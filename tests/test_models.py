@@ -75,7 +75,7 @@ def test_the_modern_suite_and_the_peers_line_up_pass_the_evaluation_checks():
     from omegaconf import OmegaConf
     configs = Path(__file__).resolve().parents[1] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose(config_name="evaluate", overrides=["suite=modern", "lineup=peers"]),
+        cfg = OmegaConf.to_container(compose(config_name="evaluate", overrides=["suite=modern", "lineup=[adam,peers]"]),
                                      resolve=True)
     specs, suite = E.check_config(cfg, torch.device("cpu"))
     assert set(suite) == {"transformer_lm", "bn_cnn", "gru_rows", "res_mlp", "vit"}
