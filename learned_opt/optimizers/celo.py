@@ -58,7 +58,7 @@ from baselines.checks import boolean, check_int
 from . import fused
 from .batched import linear
 from .features import momentum_key, reduce_dims, rms_key, second_moment_normalize
-from .rule import LearnedRule
+from .rule import FusedStepRule
 
 __all__ = ["Celo", "DECAYS", "RMS_DECAYS", "TIMESCALES"]
 
@@ -83,7 +83,7 @@ def _decay_list(field: str, values: Sequence[float], key, allow_empty: bool) -> 
     return values
 
 
-class Celo(LearnedRule):
+class Celo(FusedStepRule):
     """The per-parameter MLP core with per-tensor normalised steps; see the module docstring.
 
     Args:
@@ -149,15 +149,6 @@ class Celo(LearnedRule):
             self.register_buffer("log_scale", torch.tensor(0.0))
         self.register_buffer("inv_timescales", torch.tensor([1.0 / s for s in self.step_timescales]),
                              persistent=False)
-
-    # ------------------------------------------------------------------ the torch.optim adapter's fast path
-    def numeric_hparams(self) -> bool:
-        """True where the fused step serves this rule: :class:`baselines.RuleOptimizer` then calls ``update_``
-        (the fused step in place) instead of the pure ``update``."""
-        return fused.applies(self)
-
-    def update_(self, grads: list, bufs: dict, params: list, step: int) -> dict:
-        return self.fused_update_(grads, bufs, params, step)
 
     # ------------------------------------------------------------------ bookkeeping
     def config(self) -> dict[str, Any]:

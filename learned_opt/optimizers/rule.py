@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["LearnedRule"]
+__all__ = ["FusedStepRule", "LearnedRule"]
 
 
 class LearnedRule(nn.Module):
@@ -27,9 +27,21 @@ class LearnedRule(nn.Module):
     def numeric_hparams(self) -> bool:
         return False  # no in-place fast path: the adapter always calls the pure ``update``
 
-    def fused_update_(self, grads: list, bufs: dict, params: list, step: int) -> dict:
-        """``update_`` for a rule with a fused step (the celo core, alone or with its controllers): the fused
-        step in place where it applies, else the pure ``update`` written back into ``params``."""
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+
+class FusedStepRule(LearnedRule):
+    """A learned rule that :mod:`.fused` may serve (the celo core, alone or with its controllers): the
+    ``torch.optim`` adapter's in-place path. ``numeric_hparams()`` is True where the fused C step applies, and
+    :class:`baselines.RuleOptimizer` then calls ``update_`` (the fused step in place; the pure ``update``
+    written back where it does not apply) instead of the pure ``update``."""
+
+    def numeric_hparams(self) -> bool:
+        from . import fused
+        return fused.applies(self)
+
+    def update_(self, grads: list, bufs: dict, params: list, step: int) -> dict:
         from . import fused
         new = fused.rule_step_(self, grads, bufs, params, step)
         if new is not None:
@@ -40,6 +52,3 @@ class LearnedRule(nn.Module):
         for n, p in zip(names, params):
             p.copy_(new_params[n])
         return {b: [new_state[b][n] for n in names] for b in bufs}
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from baselines.base import Params, Rule, State, check_keys, check_range
 
 from ..features import reduce_dims
-from ..rule import LearnedRule
+from ..rule import FusedStepRule
 
 __all__ = ["Controller", "Controlled", "EPS", "scaled_cos", "shrink_negative", "tensor_dims"]
 
@@ -169,7 +169,7 @@ def build_controller(spec: Any) -> Controller:
     return CONTROLLERS[name](**options)
 
 
-class Controlled(LearnedRule):
+class Controlled(FusedStepRule):
     """An update rule with online controllers on its steps; see the module docstring.
 
     Args:
@@ -230,16 +230,6 @@ class Controlled(LearnedRule):
     def member_batched(self) -> None:
         if "member_batched" in vars(self.core):
             del self.core.member_batched
-
-    # ------------------------------------------------------------------ the torch.optim adapter's fast path
-    def numeric_hparams(self) -> bool:
-        """True where the fused step serves this rule: :class:`baselines.RuleOptimizer` then calls ``update_``
-        (the fused step in place) instead of the pure ``update``."""
-        from .. import fused
-        return fused.applies(self)
-
-    def update_(self, grads: list, bufs: dict, params: list, step: int) -> dict:
-        return self.fused_update_(grads, bufs, params, step)
 
     # ------------------------------------------------------------------ bookkeeping
     def config(self) -> dict[str, Any]:
