@@ -25,13 +25,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from learned_opt.evaluation.evaluate import evaluate
 from learned_opt.evaluation.pool import pool, pooled_markdown, write_pooled
-from learned_opt.optimizers.files import CheckpointError, derive_checkpoint
+from learned_opt.entry import add_threads, input_errors, set_threads
+from learned_opt.optimizers.files import derive_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("generalization", "holdout", "holdout2", "holdout3", "holdout4", "holdout5")
@@ -63,6 +63,7 @@ def set_config(name: str, seeds: int, lineup: dict) -> dict:
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name=name), resolve=False)
     cfg.pop("hydra", None)
+    cfg.pop("threads", None)   # set once for the whole command (--threads)
     cfg["optimizers"] = lineup
     cfg["seeds"] = list(cfg["seeds"])[:seeds]
     cfg["progress"] = True
@@ -76,11 +77,11 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3, help="the first N evaluation seeds of each set (3)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "ablation")
     ap.add_argument("--meta-trained", nargs="*", default=[], metavar="NAME=PATH")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
+    add_threads(ap)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     sources = dict(item.partition("=")[::2] for item in args.meta_trained)
-    try:
+    with input_errors("meta_learning_ablation.py"):
+        set_threads(args.threads)
         make_rules(args.out, sources)
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             lineup = OmegaConf.to_container(compose(config_name="evaluate", overrides=["lineup=[adam,ablation]"]),
@@ -94,9 +95,6 @@ def main() -> int:
             print(f"== {name} -> {run_dir}", flush=True)
             evaluate(set_config(name, args.seeds, lineup), run_dir, resume=True)
             done[name] = run_dir
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"meta_learning_ablation.py: error: {e}", file=sys.stderr)
-        return 2
     holdouts = [(n, d) for n, d in done.items() if n.startswith("holdout")]
     summary = {}
     if "generalization" in done:
@@ -105,8 +103,10 @@ def main() -> int:
     if holdouts:
         summary["holdout_pooled"] = pool(holdouts)
         write_pooled(args.out / "holdout_pooled", summary["holdout_pooled"])
-    md = "\n\n".join(f"**{k}** ({', '.join(d.name for _, d in ([('generalization', done['generalization'])] if k == 'generalization' else holdouts))}; "
-                     f"seeds: first {args.seeds} of each set)\n\n{pooled_markdown(v)}" for k, v in summary.items())
+    titles = {"generalization": "The generalization suite (10 tasks)",
+              "holdout_pooled": f"The hold-out sets pooled ({', '.join(n for n, _ in holdouts)}: {len(holdouts) * 8} tasks)"}
+    md = "\n\n".join(f"**{titles[k]}**, the first {args.seeds} evaluation seeds of each set\n\n{pooled_markdown(v)}"
+                     for k, v in summary.items())
     (args.out / "summary.md").write_text(md + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(md)
