@@ -77,6 +77,7 @@ def test_the_modern_suite_and_the_peers_line_up_pass_the_evaluation_checks():
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="evaluate", overrides=["suite=modern", "lineup=[adam,peers]"]),
                                      resolve=True)
+    cfg.pop("threads", None)   # the entry point's (learned_opt.entry), not the evaluation's
     specs, suite = E.check_config(cfg, torch.device("cpu"))
     assert set(suite) == {"transformer_lm", "bn_cnn", "gru_rows", "res_mlp", "vit"}
     assert {s.label: s.family for s in specs} == {"celo": "learned", "adam": "adaptive", "adamw": "torch.optim", "prodigy": "torch.optim",

@@ -272,3 +272,13 @@ def test_gradient_checkpointing_gives_the_same_meta_gradient_with_buffers():
     assert out[0][0] == pytest.approx(out[1][0], rel=1e-12)
     torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(out[0][2], out[1][2], rtol=1e-12, atol=1e-14)
+
+
+def test_a_model_that_does_not_fit_its_data_fails_when_the_task_is_built():
+    """The 28x28 BatchNorm CNN on 8x8 digits: a clear error naming the model before any run, not a shape error
+    in the middle of an evaluation."""
+    from learned_opt.schema import ConfigError
+    from learned_opt.tasks import make_task
+    with pytest.raises(ConfigError, match="model .*does not run on its data: mat1 and mat2 shapes"):
+        make_task("module", model="bn_cnn", data="digits", batch_size=8)
+    make_task("module", model="bn_cnn", data="mnist5k", batch_size=8)   # its own data: fine

@@ -153,6 +153,17 @@ class ModuleTask(Task):
         if not self.param_names:
             raise ConfigError(f"model {self.name}: the module has no trainable parameters")
         self._vmappable: bool | None = None
+        self._probe()
+
+    def _probe(self) -> None:
+        """One training loss on one batch, so that a model that does not fit its data (an input size, a number
+        of classes) fails here, before any run starts, with both named."""
+        g = torch.Generator().manual_seed(0)
+        try:
+            with torch.no_grad():
+                self.loss(self.init_params(g), self.sample_batch(g, "train"))
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ConfigError(f"model {self.name} does not run on its data: {str(e).splitlines()[0]}") from e
 
     # ------------------------------------------------------------------ building
     def _cast(self, t: Tensor) -> Tensor:
