@@ -85,7 +85,7 @@ def test_a_recipe_takes_further_overrides_and_names_its_run_directory(tmp_path):
 FIXED = {
     "generalization": "b859dbaa2803faa0", "selection": "672d7b7333cdaace", "holdout": "e7a6bac950edf129",
     "holdout2": "225764f19ff2ab91", "holdout3": "d8156b39adf9ded0", "holdout4": "4376a258d8a23566",
-    "holdout5": "d13f38e4d63f9151",
+    "holdout5": "d13f38e4d63f9151", "short_runs": "07e0ec33a10d189a",
 }
 
 
