@@ -1,8 +1,7 @@
 """The normalised MLP rule (celo) applied fast, under ``no_grad``: one step with no per-coordinate feature tensor.
 
-:func:`fused_celo_step` computes exactly the step of :meth:`.normalized.NormalizedMLPOptimizer.update`
-(the module docstring there has the formula) for the rule's core options and its two shipped
-controllers, the hypergradient step size and the radial gain, from plain lists of tensors. It is for
+:func:`fused_celo_step` computes exactly the step of the :class:`.celo.Celo` core (the module docstring there
+has the formula) with its two shipped controllers (:mod:`.controllers`), the hypergradient step size and the radial gain, from plain lists of tensors. It is for
 applying a rule (evaluation, a ``torch.optim`` optimizer, forward-only population members), not for
 meta-gradients: nothing in it is differentiable.
 
@@ -70,7 +69,7 @@ from torch import Tensor
 __all__ = ["CeloOptions", "Hyper", "Radial", "FusedStep", "FusedCeloOptimizer", "fused_celo_step", "fused_celo_members",
            "celo_inputs", "kernel_available", "pack_weights", "BACKENDS", "CHUNK", "CHUNK_CUDA"]
 
-EPS = 1e-20                 # as in normalized.py: every normalisation
+EPS = 1e-20                 # as in celo.py: every normalisation
 BACKENDS = ("auto", "c", "torch")
 CHUNK = 1 << 16             # the torch formulation builds features for this many coordinates at a time (CPU)
 CHUNK_CUDA = 1 << 22        # and on a GPU, where fewer, larger kernels are faster
@@ -81,12 +80,11 @@ _KERNEL_SHAPE = {"decays": 5, "rms_decays": 2, "timescales": 5, "hidden": (8, 8)
 
 @dataclass(frozen=True)
 class CeloOptions:
-    """The core's options (``NormalizedMLPOptimizer``'s of the same names; ``timescales`` = ``step_timescales``)."""
+    """The core's options (:class:`.celo.Celo`'s of the same names; ``timescales`` = ``step_timescales``)."""
     step_mult: float = 1e-3
     lr: float = 1.0
     magnitude: bool = True
     output_norm: bool = True
-    magnitude_log_range: float | None = None
     weight_decay: float = 0.0
     decays: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99, 0.999)
     rms_decays: tuple[float, ...] = (0.95, 0.999)
@@ -247,7 +245,7 @@ def _load_kernel() -> ctypes.CDLL | None:
             return None
         layout = (ctypes.c_int64 * 7)()
         lib.celo_layout(layout)
-        expected = (20, 3, 29, 332, 19, 8, 8)
+        expected = (20, 3, 28, 332, 19, 8, 8)
         if tuple(layout) != expected:
             _lib_error = f"the C kernel's layout {tuple(layout)} is not the expected {expected}"
             return None
@@ -302,8 +300,7 @@ def _config(options: CeloOptions, tf: list[float], log_scale: float, log_gain: f
     """The kernel's config vector (``fused_celo.c``'s ``cfg`` layout) for one set of meta-parameters."""
     alpha = options.step_mult * options.lr
     cfg = [*options.decays, *options.rms_decays, *tf, math.exp(log_scale) * alpha, 1 - alpha * options.weight_decay,
-           float(options.weight_decay != 0), float(options.output_norm), float(options.magnitude),
-           float(options.magnitude_log_range or 0.0)]
+           float(options.weight_decay != 0), float(options.output_norm), float(options.magnitude)]
     if hyper is not None:
         low = -hyper.range if hyper.floor is None else hyper.floor
         cfg += [1.0, math.exp(log_gain), low, hyper.range, hyper.shrink]
@@ -425,8 +422,7 @@ def _torch_tensor(g, w, ms_old, vs_old, last, log_step, log_radial, last_radial,
     a = torch.rsqrt((d * d).sum() / count + EPS) if options.output_norm else torch.ones((), dtype=dt, device=w.device)
     if options.magnitude:
         mean = mag_sum / count
-        a = a * (2 * torch.sigmoid(mean) if options.magnitude_log_range is None
-                 else torch.exp(options.magnitude_log_range * torch.tanh(mean)))
+        a = a * (2 * torch.sigmoid(mean))
     u = a * d
     sqrt_n = math.sqrt(n)
     if radial is not None and radial_on:
@@ -506,7 +502,7 @@ def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: 
                     options: CeloOptions, hyper: Hyper | None = None, radial: Radial | None = None, *,
                     inplace: bool = False, backend: str = "auto", chunk: int | None = None) -> FusedStep:
     """One step of the normalised MLP rule on every tensor of ``params``: the numbers of
-    ``NormalizedMLPOptimizer.update`` (every tensor through the MLP, ``bias_rule="mlp"``), fast.
+    the celo core's update with its radial and hypergradient controllers, fast.
 
     Args:
         params, grads: one tensor each per parameter tensor, any shapes (0-d included), one dtype.
@@ -515,7 +511,7 @@ def fused_celo_step(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: 
         step: the number of updates made before this one (``state["step"]``); ``horizon``: the one given
             to ``init`` (or ``None``).
         weights: the rule's meta-parameters by name: ``layers.{i}.weight``/``bias``, ``skip``,
-            ``log_scale`` (``NormalizedMLPOptimizer.state_dict()`` has them; :func:`celo_inputs`); through
+            ``log_scale`` (the core's ``state_dict()`` has them; :func:`celo_inputs`); through
             :func:`pack_weights` once for many calls with the same weights.
         options: the core's options. ``hyper``, ``radial``: the controllers with their per-tensor state
             (module docstring), or ``None`` where the rule has none.
@@ -562,7 +558,7 @@ def fused_celo_members(params: Sequence[Tensor], grads: Sequence[Tensor], moment
                        rms: Sequence[Sequence[Tensor]], step: int, horizon: int | None, weights: dict[str, Tensor],
                        options: CeloOptions, hyper: Hyper | None = None, radial: Radial | None = None) -> FusedStep:
     """:func:`fused_celo_step` for ``P`` population members at once, member ``i`` with its own meta-parameters
-    (what ``NormalizedMLPOptimizer.update_members`` computes for the evolution-strategies estimators), in one
+    (what ``update_members`` computes for the evolution-strategies estimators), in one
     call of the C kernel.
 
     Every tensor has a leading member dim ``P``: params, grads, momenta, rms and ``last_dir`` of shape
@@ -846,8 +842,10 @@ def applies(rule) -> bool:
 
 
 class FusedCeloOptimizer(torch.optim.Optimizer):
-    """A ``torch.optim`` optimizer over :func:`fused_celo_step` (in place) for a ``NormalizedMLPOptimizer``
-    ``rule`` (e.g. ``learned_opt.load("celo")``): the rule's numbers at the fused step's cost.
+    """A ``torch.optim`` optimizer over :func:`fused_celo_step` (in place) for a celo ``rule`` (e.g.
+    ``learned_opt.load("celo")``) with any backend: the rule's numbers at the fused step's cost.
+    ``baselines.RuleOptimizer`` over the rule takes the same C step by itself (``FusedStepRule.update_``);
+    this class also serves the torch formulation (``backend="torch"``, other devices).
 
     State per parameter: the momenta and second moments, and with the controllers ``last_dir``
     (parameter shape) and ``log_step``, ``log_radial``, ``last_radial`` (one value each, keepdim shape).
@@ -861,7 +859,7 @@ class FusedCeloOptimizer(torch.optim.Optimizer):
         weights, self.options, ctl = celo_inputs(rule)
         self.weights = pack_weights(weights)   # a snapshot: the rule's meta-parameters as they are now
         self.hyper_cfg, self.radial_cfg = ctl["hyper"], ctl["radial"]
-        self.horizon, self.backend, self.count = horizon, backend, 0
+        self.horizon, self.backend = horizon, backend
 
     def _state(self, p: Tensor) -> dict:
         st = self.state[p]

@@ -42,7 +42,7 @@ void celo_profile(double *out) { for (int k = 0; k < 4; k++) { out[k] = prof_t[k
 /* cfg layout (doubles) */
 enum {
     C_DECAY = 0, C_RMS = C_DECAY + NDECAY, C_TIME = C_RMS + NRMS, C_SCALE = C_TIME + NTIME, C_WDECAY, C_HAS_WD,
-    C_OUTPUT_NORM, C_MAGNITUDE, C_MAG_LOG_RANGE, C_HYPER, C_HYPER_GAIN, C_HYPER_LOW, C_HYPER_HIGH, C_HYPER_SHRINK,
+    C_OUTPUT_NORM, C_MAGNITUDE, C_HYPER, C_HYPER_GAIN, C_HYPER_LOW, C_HYPER_HIGH, C_HYPER_SHRINK,
     C_RADIAL, C_RADIAL_GAIN, C_RADIAL_RANGE, C_RADIAL_SHRINK, C_SIZE
 };
 /* weights layout (doubles): W1 (H1 x NIN), b1, W2 (H2 x H1), b2, W3 (2 x H2), b3, skip (NIN) */
@@ -291,8 +291,8 @@ static void FN(one_tensor)(int64_t n, int zero_dim, SCALAR **p, const double *cf
     /* per tensor: u = a * d + b * w */
     double a = cfg[C_OUTPUT_NORM] != 0 ? 1 / sqrt(dd / count + EPS) : 1;
     if (cfg[C_MAGNITUDE] != 0) {
-        const double mean = mag_sum / count, r = cfg[C_MAG_LOG_RANGE];
-        a *= r > 0 ? exp(r * tanh(mean)) : 2 / (1 + exp(-mean));
+        const double mean = mag_sum / count;
+        a *= 2 / (1 + exp(-mean));
     }
     double b = 0;
     const double sqrt_n = sqrt((double)n), gg = tot[0], ww = tot[1];
