@@ -712,7 +712,7 @@ def _rule_call(rule, p_list: list[Tensor], g_list: list[Tensor], bufs: dict[str,
                horizon: int | None, inplace: bool) -> dict[str, list[Tensor]] | None:
     """The fused step of ``rule`` on lists (``bufs``: the rule's state entries, one list each); the new params
     under ``"params"`` and the new state entries by their keys, or ``None`` where it does not apply."""
-    if torch.is_grad_enabled() or not p_list or os.environ.get("LEARNED_OPT_FUSED") == "off":
+    if not _enabled() or not p_list:
         return None
     if not all(_has_storage(t) for t in (*p_list, *g_list)):
         return None   # under vmap or another transform: the rule's own update
@@ -734,16 +734,36 @@ def _rule_call(rule, p_list: list[Tensor], g_list: list[Tensor], bufs: dict[str,
         return None
     out = fused_celo_step(p_list, g_list, momenta, rms, step, horizon, weights, options, hyper, radial,
                           inplace=inplace, backend="c")
-    new = {"params": out.params, **dict(zip((*core.momentum_keys, *core.rms_keys), (*out.momenta, *out.rms)))}
-    if hyper is not None:
+    return {"params": out.params, **_entries(rule, core, out, inplace)}
+
+
+def _enabled() -> bool:
+    """No meta-gradient asked for, and not turned off (``LEARNED_OPT_FUSED=off``)."""
+    return not torch.is_grad_enabled() and os.environ.get("LEARNED_OPT_FUSED") != "off"
+
+
+def _entries(rule, core, out: FusedStep, inplace: bool) -> dict[str, list[Tensor]]:
+    """The rule's new state entries (by their keys, one list each) from a fused step's output. The kernel's
+    radial coefficient is that of the step with the outer ``lr`` of a controlled rule folded in
+    (:func:`celo_inputs`); the rule's own excludes it."""
+    new = dict(zip((*core.momentum_keys, *core.rms_keys), (*out.momenta, *out.rms)))
+    if out.hyper is not None:
         new["hypergradient.log_step"], new["hypergradient.last_dir"] = out.hyper.log_step, out.hyper.last_dir
-    if radial is not None:
-        outer = getattr(rule, "lr", 1.0) if rule is not core else 1.0   # the radial coefficient excludes the outer lr
+    if out.radial is not None:
+        outer = rule.lr if rule is not core else 1.0
         last = out.radial.last_radial
         if outer != 1:
             last = [c.div_(outer) for c in last] if inplace else [c / outer for c in last]
         new["radial.log_radial"], new["radial.last_radial"] = out.radial.log_radial, last
     return new
+
+
+def _next_state(state: dict, names: list[str], entries: dict[str, list[Tensor]]) -> dict:
+    """The rule's state after this step: the new entries by parameter name, the step count, the horizon kept."""
+    new_state = {"step": state["step"] + 1, **{k: dict(zip(names, v)) for k, v in entries.items()}}
+    if "horizon" in state:
+        new_state["horizon"] = state["horizon"]
+    return new_state
 
 
 def rule_step(rule, grads: dict[str, Tensor], state: dict, params: dict[str, Tensor]) -> tuple[dict, dict] | None:
@@ -759,10 +779,7 @@ def rule_step(rule, grads: dict[str, Tensor], state: dict, params: dict[str, Ten
     if new is None:
         return None
     new_params = dict(zip(names, new.pop("params")))
-    new_state = {"step": state["step"] + 1, **{k: dict(zip(names, v)) for k, v in new.items()}}
-    if "horizon" in state:
-        new_state["horizon"] = state["horizon"]
-    return new_params, new_state
+    return new_params, _next_state(state, names, new)
 
 
 def rule_step_(rule, grads: list[Tensor], bufs: dict[str, list[Tensor]], params: list[Tensor],
@@ -781,7 +798,7 @@ def members_step(rule, meta: dict[str, Tensor], grads: dict[str, Tensor], state:
     its own meta-parameters, one kernel call), or ``None`` where it does not apply (then the rule's own
     ``update_members``). Names in ``meta`` are the rule's (``core.``-prefixed for a controlled rule); a learned
     radial gain is not implemented here."""
-    if torch.is_grad_enabled() or not params or os.environ.get("LEARNED_OPT_FUSED") == "off":
+    if not _enabled() or not params:
         return None
     try:
         weights, options, ctl = _rule_inputs(rule)
@@ -817,19 +834,7 @@ def members_step(rule, meta: dict[str, Tensor], grads: dict[str, Tensor], state:
                                  state["step"], state.get("horizon"), member_w, options, hyper, radial)
     except ValueError:
         return None
-    new_state: dict = {"step": state["step"] + 1}
-    for key, values in zip((*core.momentum_keys, *core.rms_keys), (*out.momenta, *out.rms)):
-        new_state[key] = dict(zip(names, values))
-    if "horizon" in state:
-        new_state["horizon"] = state["horizon"]
-    if hyper is not None:
-        new_state["hypergradient.log_step"] = dict(zip(names, out.hyper.log_step))
-        new_state["hypergradient.last_dir"] = dict(zip(names, out.hyper.last_dir))
-    if radial is not None:
-        outer = getattr(rule, "lr", 1.0) if rule is not core else 1.0
-        new_state["radial.log_radial"] = dict(zip(names, out.radial.log_radial))
-        new_state["radial.last_radial"] = dict(zip(names, [c / outer for c in out.radial.last_radial]))
-    return dict(zip(names, out.params)), new_state
+    return dict(zip(names, out.params)), _next_state(state, names, _entries(rule, core, out, inplace=False))
 
 
 def applies(rule) -> bool:
