@@ -319,9 +319,8 @@ class Celo(FusedStepRule):
         return steps, new_state
 
     def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
-        if self._members is None and self.population_dim is None and not torch.is_grad_enabled():
-            fast = fused.rule_step(self, grads, state, params)   # the same numbers, no feature tensors
-            if fast is not None:
-                return fast
+        fast = fused.rule_step(self, grads, state, params)   # the same numbers without feature tensors, where it serves
+        if fast is not None:
+            return fast
         steps, new_state = self.steps(grads, state, params)
         return {k: params[k] - steps[k].to(params[k].dtype) for k in params}, new_state

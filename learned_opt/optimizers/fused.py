@@ -712,7 +712,7 @@ def _rule_call(rule, p_list: list[Tensor], g_list: list[Tensor], bufs: dict[str,
                horizon: int | None, inplace: bool) -> dict[str, list[Tensor]] | None:
     """The fused step of ``rule`` on lists (``bufs``: the rule's state entries, one list each); the new params
     under ``"params"`` and the new state entries by their keys, or ``None`` where it does not apply."""
-    if not _enabled() or not p_list:
+    if not p_list or not _serves(rule):
         return None
     if not all(_has_storage(t) for t in (*p_list, *g_list)):
         return None   # under vmap or another transform: the rule's own update
@@ -737,9 +737,16 @@ def _rule_call(rule, p_list: list[Tensor], g_list: list[Tensor], bufs: dict[str,
     return {"params": out.params, **_entries(rule, core, out, inplace)}
 
 
-def _enabled() -> bool:
-    """No meta-gradient asked for, and not turned off (``LEARNED_OPT_FUSED=off``)."""
-    return not torch.is_grad_enabled() and os.environ.get("LEARNED_OPT_FUSED") != "off"
+def _serves(rule) -> bool:
+    """The cheap checks, before any work: no meta-gradient asked for, not turned off (``LEARNED_OPT_FUSED=off``),
+    a celo core, one problem at a time (no population dim, not inside a rule's own members' path). What the
+    fused step implements of the rule's options is :func:`celo_inputs`'s to check."""
+    from .celo import Celo
+    core = getattr(rule, "core", rule)
+    if torch.is_grad_enabled() or os.environ.get("LEARNED_OPT_FUSED") == "off" or not isinstance(core, Celo):
+        return False
+    parts = (rule, core, *getattr(rule, "controllers", {}).values())
+    return all(getattr(p, "population_dim", None) is None and getattr(p, "_members", None) is None for p in parts)
 
 
 def _entries(rule, core, out: FusedStep, inplace: bool) -> dict[str, list[Tensor]]:
@@ -798,7 +805,7 @@ def members_step(rule, meta: dict[str, Tensor], grads: dict[str, Tensor], state:
     its own meta-parameters, one kernel call), or ``None`` where it does not apply (then the rule's own
     ``update_members``). Names in ``meta`` are the rule's (``core.``-prefixed for a controlled rule); a learned
     radial gain is not implemented here."""
-    if not _enabled() or not params:
+    if not params or not _serves(rule):
         return None
     try:
         weights, options, ctl = _rule_inputs(rule)

@@ -256,11 +256,10 @@ class Controlled(FusedStepRule):
 
     def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
         check_keys(grads, params)
-        if self._fast_applies():
-            from .. import fused
-            fast = fused.rule_step(self, grads, state, params)   # the celo core with its shipped controllers
-            if fast is not None:
-                return fast
+        from .. import fused
+        fast = fused.rule_step(self, grads, state, params)   # the celo core with its shipped controllers
+        if fast is not None:
+            return fast
         prefixes = {f"{c.name}." for c in self.controllers.values()}
         core_state = {k: v for k, v in state.items() if not any(k.startswith(p) for p in prefixes)}
         steps, new_state = self._core_steps(grads, core_state, params)
@@ -272,13 +271,6 @@ class Controlled(FusedStepRule):
         lr = self.lr
         return {k: params[k] - (steps[k] if lr == 1 else lr * steps[k]).to(params[k].dtype) for k in params}, new_state
 
-    def _fast_applies(self) -> bool:
-        """Whether :func:`~learned_opt.optimizers.fused.rule_step` may serve this update: no meta-gradient, one
-        problem at a time, a celo core (it checks the rest and declines what it does not implement)."""
-        from ..celo import Celo
-        return (not torch.is_grad_enabled() and self.population_dim is None and isinstance(self.core, Celo)
-                and self.core._members is None and all(c._members is None for c in self.controllers.values()))
-
     def update_members(self, meta: dict[str, Tensor], grads: Params, state: State, params: Params,
                        workspace: dict | None = None) -> tuple[Params, State]:
         """:meth:`update` of ``P`` members at once under ``no_grad`` (member dim first), member ``i`` with the
@@ -286,12 +278,10 @@ class Controlled(FusedStepRule):
         ``update_members`` mechanism, each controller with its members' gains."""
         if self.population_dim is not None:
             raise ValueError("update_members gives each member its own tensors: leave population_dim unset")
-        from ..celo import Celo
-        if isinstance(self.core, Celo):   # the celo core with its shipped controllers: one kernel call
-            from .. import fused
-            fast = fused.members_step(self, meta, grads, state, params)
-            if fast is not None:
-                return fast
+        from .. import fused
+        fast = fused.members_step(self, meta, grads, state, params)   # a celo core: one kernel call for all members
+        if fast is not None:
+            return fast
         core_meta = {k[len("core."):]: v for k, v in meta.items() if k.startswith("core.")}
         own = {name: {k[len(f"controllers.{name}."):]: v for k, v in meta.items()
                       if k.startswith(f"controllers.{name}.")} for name in self.controllers}
